@@ -1,0 +1,144 @@
+"""MobileViT (v1) multi-head self-attention core, channels last.
+
+Input: the concatenated q/k/v projections of S independent sequences of N
+tokens, ``qkv[s, n] = [q (h) | k (h) | v (h)]``.  The h features are split into
+``heads`` contiguous groups of ``hd = h / heads`` (head j uses features
+``[j*hd, (j+1)*hd)``).  For each sequence s and head j::
+
+    A = softmax_rows(Q_j K_j^T / sqrt(hd))        (N, N)
+    Y_j = A V_j                                   (N, hd)
+
+and the heads are concatenated back to h features.  The output dense layer is
+NOT part of this kernel.
+
+The N x N attention matrix is never stored: every parallel task takes one
+(sequence, head, block of queries), copies that head's K and V transposed to
+(hd, N) so that the loops over keys are contiguous (they vectorise), and then
+handles one query row at a time: scores row, max, exp, sum, weighted sum of V.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_QUERY_BLOCK = 64  # queries per parallel task (the K/V transpose is amortised over them)
+
+
+@njit(fastmath=True, cache=True)
+def _exp_row_inplace(x, bits):
+    """x[m] <- exp(x[m]) for x[m] <= 0, in a form LLVM vectorises (no libm call).
+
+    exp(x) = 2**n * exp(r) with n = round(x / ln2) and |r| <= ln2/2; exp(r) is a
+    degree-6 Taylor/Horner polynomial (rel. error < 2e-7) and 2**n is built
+    directly from its float32 bit pattern ((n + 127) << 23).  ``bits`` is an
+    int32 scratch row of the same length as x.
+    """
+    scale = bits.view(np.float32)          # (N,) the same memory as bits, read as float32
+    for m in range(x.shape[0]):
+        v = max(x[m], np.float32(-87.0))   # exp(-87) ~ 1.6e-38, still a normal float32
+        n = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))  # float32
+        r = v - n * np.float32(0.693145751953125)      # ln2 split in two parts
+        r = r - n * np.float32(1.428606765330187e-06)  # (Cody-Waite reduction)
+        p = np.float32(1.0 / 720.0)
+        p = p * r + np.float32(1.0 / 120.0)
+        p = p * r + np.float32(1.0 / 24.0)
+        p = p * r + np.float32(1.0 / 6.0)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        p = p * r + np.float32(1.0)
+        x[m] = p
+        bits[m] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    for m in range(x.shape[0]):
+        x[m] *= scale[m]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _mha_kernel(qkv, num_heads, out):
+    # qkv: (S, N, 3h);  out: (S, N, h)
+    S, N, _ = qkv.shape
+    h = out.shape[2]
+    hd = h // num_heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    n_blocks = (N + _QUERY_BLOCK - 1) // _QUERY_BLOCK
+    for task in prange(S * num_heads * n_blocks):
+        s = task // (num_heads * n_blocks)
+        j = (task // n_blocks) % num_heads
+        i0 = (task % n_blocks) * _QUERY_BLOCK
+        i1 = min(N, i0 + _QUERY_BLOCK)
+        q_off = j * hd
+        k_off = h + j * hd
+        v_off = 2 * h + j * hd
+
+        # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed
+        kt = np.empty((hd, N), np.float32)  # (hd, N)
+        vt = np.empty((hd, N), np.float32)  # (hd, N)
+        for t in range(hd):  # t outer: contiguous writes (rows of kt are 4N bytes apart)
+            for m in range(N):
+                kt[t, m] = qkv[s, m, k_off + t] * scale
+                vt[t, m] = qkv[s, m, v_off + t]
+
+        scores = np.empty(N, np.float32)  # (N,) one query's scores, then exp(scores - max)
+        bits = np.empty(N, np.int32)      # (N,) scratch for _exp_row_inplace
+        for i in range(i0, i1):
+            # scores[m] = q_i . k_m / sqrt(hd), accumulated one feature at a time
+            for m in range(N):
+                scores[m] = 0.0
+            for t in range(hd):
+                qv = qkv[s, i, q_off + t]
+                for m in range(N):
+                    scores[m] += qv * kt[t, m]
+            smax = scores[0]
+            for m in range(1, N):
+                smax = max(smax, scores[m])
+            for m in range(N):
+                scores[m] -= smax
+            _exp_row_inplace(scores, bits)
+            denom = 0.0
+            for m in range(N):
+                denom += np.float64(scores[m])
+            inv = np.float32(1.0 / denom)
+            # y_i = sum_m softmax[m] * v_m
+            for t in range(hd):
+                acc = np.float32(0.0)
+                for m in range(N):
+                    acc += scores[m] * vt[t, m]
+                out[s, i, q_off + t] = acc * inv
+
+
+def multi_head_attention(qkv, num_heads, out):
+    """Multi-head scaled dot-product attention (MobileViT v1), channels last.
+
+    qkv:       (S, N, 3h) float32 C-contiguous; last axis = [q | k | v], h each,
+               head j uses features [j*hd, (j+1)*hd) of each, hd = h // num_heads.
+    num_heads: int, must divide h.
+    out:       (S, N, h) float32 C-contiguous, written (heads concatenated; the
+               output dense layer is not applied).
+    out[s, :, head j] = softmax(Q_j K_j^T / sqrt(hd)) V_j.   Returns ``out``.
+    """
+    assert qkv.dtype == np.float32 and qkv.flags.c_contiguous, "qkv must be C-contiguous float32"
+    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
+    assert qkv.ndim == 3 and out.ndim == 3, "qkv must be (S, N, 3h) and out (S, N, h)"
+    S, N, H3 = qkv.shape
+    h = H3 // 3
+    assert H3 == 3 * h, f"qkv last axis {H3} is not a multiple of 3"
+    assert out.shape == (S, N, h), f"out shape {out.shape} != {(S, N, h)}"
+    num_heads = int(num_heads)
+    assert num_heads >= 1 and h % num_heads == 0, f"{num_heads} heads do not divide h={h}"
+    if out.size:
+        _mha_kernel(qkv, num_heads, out)
+    return out
+
+
+def multi_head_attention_reference(qkv, num_heads):
+    """NumPy multi-head attention: qkv (S, N, 3h) -> new (S, N, h) float32."""
+    qkv64 = np.asarray(qkv, np.float64)
+    S, N, H3 = qkv64.shape
+    h = H3 // 3
+    hd = h // num_heads
+    q, k, v = (qkv64[..., i * h:(i + 1) * h].reshape(S, N, num_heads, hd).transpose(0, 2, 1, 3)
+               for i in range(3))                                # each (S, heads, N, hd)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)           # (S, heads, N, N)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))      # (S, heads, N, N)
+    probs = e / e.sum(axis=-1, keepdims=True)                    # (S, heads, N, N)
+    y = probs @ v                                                # (S, heads, N, hd)
+    return y.transpose(0, 2, 1, 3).reshape(S, N, h).astype(np.float32)

@@ -1,0 +1,213 @@
+"""Full (groups = 1) kxk convolution, and the padding arithmetic shared by all convs.
+
+For a channels-last input x (N, H, W, Cin) and a weight w (Cout, Cin, kh, kw):
+
+    out[n, i, j, o] = act( bias[o] + sum_{a, b, c} w[o, c, a, b]
+                           * x[n, i*s - pad_top + a*d, j*s - pad_left + b*d, c] )
+
+reading zeros outside the input (s = stride, d = dilation, both axes).  The
+output size is given by ``out``; bottom/right padding is whatever that size
+needs, so symmetric and TF-"SAME" (asymmetric) padding are the same kernel.
+
+Implementation: an *implicit GEMM* that reuses the pointwise micro-kernel.
+Each output pixel is one row of a matrix A whose K = kh*kw*Cin columns are the
+input vectors seen by the kh*kw taps (the "im2col" row); then out = A @ W' with
+W' the weight reshaped to (kh*kw*Cin, Cout).  A is never materialised whole:
+each parallel job copies the rows of its chunk of MC output pixels into a small
+buffer (zeros where a tap falls in the padding) and runs the 4 x 16 register
+tiles of ``pointwise.micro_tile`` over it.
+
+Two refinements keep it at GEMM speed:
+
+* K is processed in blocks of whole taps (<= about 512 floats), so the slice of
+  a weight panel in use (K-block x 16 floats) stays in L1 while it is applied to
+  all tiles of the chunk; partial sums wait in a tiny (MC x 16) buffer.
+* A tap that falls in the padding for all 4 pixels of a tile is skipped.  With
+  large dilations on small maps (DeepLab ASPP: rates 6/12/18 on 32x32) most
+  off-centre taps only read padding, so this saves a large share of the work.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange
+
+from .pointwise import (MR, NR, TILE, micro_tile, prepare_pointwise_weight, stack_buffer_f32,
+                        store_tile, zero_tile, _act_reference)
+
+
+# ---------------------------------------------------------------- padding arithmetic
+def conv_out_size(n, k, stride, dilation, pad_before, pad_after):
+    """Output length of a conv along one axis (PyTorch's floor formula)."""
+    return (n + pad_before + pad_after - dilation * (k - 1) - 1) // stride + 1
+
+
+def symmetric_pads(k, dilation):
+    """(before, after) for PyTorch's symmetric ``padding=(k-1)//2 * dilation``."""
+    p = (k - 1) // 2 * dilation
+    return p, p
+
+
+def tf_same_pads(n, k, stride, dilation):
+    """(before, after) of transformers' MobileNetV2 ``apply_tf_padding`` along one axis.
+
+    total = max(k - s, 0) if n % s == 0 else max(k - n % s, 0); before = total // 2;
+    after = total - before; both are then multiplied by the dilation (HF uses the
+    undilated k; this matches TF SAME for the stride-1 dilated convs that occur).
+    """
+    if n % stride == 0:
+        total = max(k - stride, 0)
+    else:
+        total = max(k - (n % stride), 0)
+    before = total // 2
+    return before * dilation, (total - before) * dilation
+
+
+# ---------------------------------------------------------------- weights
+ConvWeight = namedtuple("ConvWeight", "panels kh kw cin cout")
+ConvWeight.__doc__ = """Packed conv weight: ``panels`` (ceil(Cout/16), kh*kw*Cin, 16) float32 with
+row index (a*kw + b)*Cin + c, i.e. the im2col column order; plus the kernel shape."""
+
+
+def prepare_conv_weight(w):
+    """Pack a torch-layout conv weight (Cout, Cin, kh, kw) for :func:`conv2d` (once, at load)."""
+    w = np.asarray(w, np.float32)
+    assert w.ndim == 4, f"expected (Cout, Cin, kh, kw), got {w.shape}"
+    cout, cin, kh, kw = w.shape
+    w2 = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin)   # (Cout, kh*kw*Cin), im2col order
+    return ConvWeight(prepare_pointwise_weight(w2), kh, kw, cin, cout)
+
+
+# ---------------------------------------------------------------- the kernel
+def _plan(m, cin, taps, panels):
+    """Rows per job MC, panels per job PG, taps per K-block TB (see the module docstring)."""
+    kt = taps * cin
+    mc = max(MR, min(128, (131072 // kt) // MR * MR))  # im2col chunk ~512 KiB: stays in L2
+    mc = min(mc, -(-m // MR) * MR)
+    n_chunks = -(-m // mc)
+    groups = min(panels, max(1, -(-8 // n_chunks)))     # >= 8 jobs when the map is small
+    pg = -(-panels // groups)
+    tb = max(1, 512 // cin)                             # K-block of whole taps, <= ~512 floats
+    return mc, pg, tb
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, pg, tb):
+    n_img, h, w_in, cin = x.shape        # x (N, H, W, Cin)
+    m_total, n_total = out2.shape        # out2 (N*Ho*Wo, Cout)
+    panels = wp.shape[0]                 # wp (P, kh*kw*Cin, 16)
+    taps = kh * kw
+    n_chunks = (m_total + mc - 1) // mc
+    n_groups = (panels + pg - 1) // pg
+    n_tiles = mc // MR
+    for job in prange(n_chunks * n_groups):
+        chunk = job // n_groups
+        group = job - chunk * n_groups
+        m_lo = chunk * mc
+        rows = min(mc, m_total - m_lo)
+        cols = np.empty((mc, taps * cin), np.float32)      # im2col rows of this chunk
+        live = np.zeros((n_tiles, taps), np.bool_)         # tap reads real input for the tile?
+        part = np.empty((mc, NR), np.float32)              # partial sums between K-blocks
+        acc = stack_buffer_f32(TILE)
+
+        # 1. gather the im2col rows (zeros in the padding) and the live-tap table
+        for r in range(rows):
+            m = m_lo + r
+            img = m // (ho * wo)
+            i = (m // wo) % ho
+            j = m % wo
+            for a in range(kh):
+                ih = i * stride - pad_t + a * dil
+                for b in range(kw):
+                    iw = j * stride - pad_l + b * dil
+                    t = a * kw + b
+                    if 0 <= ih < h and 0 <= iw < w_in:
+                        live[r // MR, t] = True
+                        for c in range(cin):
+                            cols[r, t * cin + c] = x[img, ih, iw, c]
+                    else:
+                        for c in range(cin):
+                            cols[r, t * cin + c] = np.float32(0.0)
+
+        # 2. GEMM: for each panel, K-blocks of tb taps, 4 x 16 tiles over the chunk
+        last = rows - 1
+        for p in range(group * pg, min(panels, group * pg + pg)):
+            n0 = p * NR
+            ncols = min(NR, n_total - n0)
+            for t_lo in range(0, taps, tb):
+                t_hi = min(taps, t_lo + tb)
+                final = t_hi == taps
+                for r0 in range(0, rows, MR):
+                    tile = r0 // MR
+                    if t_lo == 0:
+                        zero_tile(acc)
+                    else:
+                        for t in range(TILE):
+                            acc[t] = part[r0 + t // NR, t % NR]
+                    # runs of consecutive live taps -> one micro-kernel call each
+                    t = t_lo
+                    while t < t_hi:
+                        if not live[tile, t]:
+                            t += 1
+                            continue
+                        t_end = t + 1
+                        while t_end < t_hi and live[tile, t_end]:
+                            t_end += 1
+                        micro_tile(cols, r0, min(r0 + 1, last), min(r0 + 2, last),
+                                   min(r0 + 3, last), t * cin, wp, p, (t_end - t) * cin, acc)
+                        t = t_end
+                    if final:
+                        store_tile(acc, min(MR, rows - r0), ncols, out2, m_lo + r0, n0,
+                                   bias, act, out2, False)
+                    else:
+                        for t in range(TILE):
+                            part[r0 + t // NR, t % NR] = acc[t]
+
+
+def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
+    """Full kxk conv (groups=1) of x (N, H, W, Cin) into out (N, Ho, Wo, Cout); returns out.
+
+    wp: :func:`prepare_conv_weight` result; bias (Cout,) float32; stride, dilation:
+    ints for both axes; pad_top/pad_left: zero rows/columns before the input
+    (the bottom/right padding follows from out's size); act: activation code.
+    """
+    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.ndim == 4
+    n, h, w, cin = x.shape
+    n_o, ho, wo, cout = out.shape
+    assert n_o == n and cin == wp.cin and cout == wp.cout, "shape mismatch with the weight"
+    assert bias.shape == (cout,) and bias.dtype == np.float32
+    m = n * ho * wo
+    if m == 0:
+        return out
+    mc, pg, tb = _plan(m, cin, wp.kh * wp.kw, wp.panels.shape[0])
+    _conv_kernel(x, wp.panels, wp.kh, wp.kw, bias, stride, dilation, pad_top, pad_left, act,
+                 out.reshape(m, cout), ho, wo, mc, pg, tb)
+    return out
+
+
+# ---------------------------------------------------------------- reference
+def pad_for_output(x, k_h, k_w, stride, dilation, pad_top, pad_left, out_hw):
+    """Zero-pad NHWC x so that every tap of every output pixel is inside (float64 copy)."""
+    n, h, w, c = x.shape
+    ho, wo = out_hw
+    need_h = (ho - 1) * stride + (k_h - 1) * dilation + 1     # padded rows the output reads
+    need_w = (wo - 1) * stride + (k_w - 1) * dilation + 1
+    xp = np.zeros((n, max(need_h, pad_top + h), max(need_w, pad_left + w), c))   # (N, Hp, Wp, C)
+    xp[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
+    return xp
+
+
+def conv2d_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
+    """Plain NumPy full conv, float64 sum over taps; x (N,H,W,Cin), w (Cout,Cin,kh,kw) -> (N,Ho,Wo,Cout)."""
+    w = np.asarray(w, np.float64)
+    cout, cin, kh, kw = w.shape
+    ho, wo = out_hw
+    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)
+    y = np.zeros((x.shape[0], ho, wo, cout)) + np.asarray(bias, np.float64)   # (N, Ho, Wo, Cout)
+    for a in range(kh):
+        for b in range(kw):
+            r, c = a * dilation, b * dilation
+            patch = xp[:, r:r + (ho - 1) * stride + 1:stride,
+                       c:c + (wo - 1) * stride + 1:stride]                 # (N, Ho, Wo, Cin)
+            y += patch @ w[:, :, a, b].T
+    return _act_reference(y, act).astype(np.float32)

@@ -1,0 +1,120 @@
+"""Depthwise kxk convolution (groups == channels), channels-last.
+
+Each channel is filtered on its own by its own kxk kernel:
+
+    out[n, i, j, c] = act( bias[c] + sum_{a, b} w[c, a, b]
+                           * x[n, i*s - pad_top + a*d, j*s - pad_left + b*d, c] )
+
+with zeros outside the input (s = stride, d = dilation, both axes).  The output
+size is given by ``out``, so the bottom/right padding is implicit and
+asymmetric TF-"SAME" padding needs nothing special.
+
+In NHWC the channels of a pixel are contiguous, so the natural vector axis is c:
+for one output pixel and a block of 16 channels, the 16 running sums stay in two
+AVX2 registers while the (at most kh*kw) taps are added, then the block is
+written once with the activation fused.  Taps that fall in the padding are not
+visited: per output row the valid tap rows [a_lo, a_hi) are computed once, per
+pixel the valid tap columns [b_lo, b_hi).  Channels past the last multiple of 16
+go through the same code with a shorter block.  Rows (n, i) run in parallel.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .activations import apply_act
+from .conv import pad_for_output
+from .pointwise import _act_reference, stack_buffer_f32
+
+CB = 16   # channels per register block (2 AVX2 vectors)
+
+
+def prepare_depthwise_weight(w):
+    """Torch-layout depthwise weight (C, 1, kh, kw) -> float32 (kh, kw, C) (once, at load)."""
+    w = np.asarray(w, np.float32)
+    assert w.ndim == 4 and w.shape[1] == 1, f"expected (C, 1, kh, kw), got {w.shape}"
+    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))      # (kh, kw, C)
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _valid_taps(pos, k, dil, size):
+    """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
+    lo = 0
+    while lo < k and pos + lo * dil < 0:
+        lo += 1
+    hi = k
+    while hi > lo and pos + (hi - 1) * dil >= size:
+        hi -= 1
+    return lo, hi
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _channel_block(x, wp, bias, act, out, n, i, j, c0, width, ih0, iw0, dil,
+                   a_lo, a_hi, b_lo, b_hi, acc):
+    """out[n, i, j, c0:c0+width] for one pixel; ``width`` is CB (unrolled) or the tail."""
+    # The channel index is cast to unsigned: Numba then skips its negative-index
+    # wrap-around test, the addresses of consecutive cc are provably consecutive,
+    # and LLVM turns each cc loop into 2 vector operations.
+    for cc in range(width):
+        acc[cc] = bias[np.uintp(c0 + cc)]
+    for a in range(a_lo, a_hi):
+        ih = ih0 + a * dil
+        for b in range(b_lo, b_hi):
+            iw = iw0 + b * dil
+            for cc in range(width):
+                c = np.uintp(c0 + cc)
+                acc[cc] += wp[a, b, c] * x[n, ih, iw, c]
+    for cc in range(width):
+        out[n, i, j, np.uintp(c0 + cc)] = apply_act(acc[cc], act)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
+    n_img, h, w_in, c = x.shape          # x (N, H, W, C)
+    _, ho, wo, _ = out.shape             # out (N, Ho, Wo, C)
+    kh, kw, _ = wp.shape                 # wp (kh, kw, C)
+    c_main = c // CB * CB
+    for row in prange(n_img * ho):
+        n = row // ho
+        i = row - n * ho
+        acc = stack_buffer_f32(CB)
+        ih0 = i * stride - pad_t
+        a_lo, a_hi = _valid_taps(ih0, kh, dil, h)
+        for j in range(wo):
+            iw0 = j * stride - pad_l
+            b_lo, b_hi = _valid_taps(iw0, kw, dil, w_in)
+            for c0 in range(0, c_main, CB):
+                _channel_block(x, wp, bias, act, out, n, i, j, c0, CB, ih0, iw0, dil,
+                               a_lo, a_hi, b_lo, b_hi, acc)
+            if c_main < c:
+                _channel_block(x, wp, bias, act, out, n, i, j, c_main, c - c_main, ih0, iw0,
+                               dil, a_lo, a_hi, b_lo, b_hi, acc)
+
+
+def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
+    """Depthwise conv of x (N, H, W, C) into out (N, Ho, Wo, C); returns out.
+
+    wp: (kh, kw, C) from :func:`prepare_depthwise_weight`; bias (C,) float32;
+    stride, dilation: ints for both axes; pad_top/pad_left: zeros before the
+    input (bottom/right padding follows from out's size); act: activation code.
+    """
+    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.ndim == 4
+    assert out.shape[0] == x.shape[0] and out.shape[3] == x.shape[3] == wp.shape[2]
+    assert bias.shape == (x.shape[3],) and bias.dtype == np.float32
+    if out.size:
+        _depthwise_kernel(x, wp, bias, stride, dilation, pad_top, pad_left, act, out)
+    return out
+
+
+def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
+    """Plain NumPy depthwise conv (float64); x (N,H,W,C), w (C,1,kh,kw) -> (N,Ho,Wo,C) float32."""
+    w = np.asarray(w, np.float64)
+    c, _, kh, kw = w.shape
+    ho, wo = out_hw
+    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)  # (N, Hp, Wp, C)
+    y = np.zeros((x.shape[0], ho, wo, c)) + np.asarray(bias, np.float64)        # (N, Ho, Wo, C)
+    for a in range(kh):
+        for b in range(kw):
+            r, s = a * dilation, b * dilation
+            y += xp[:, r:r + (ho - 1) * stride + 1:stride,
+                    s:s + (wo - 1) * stride + 1:stride] * w[:, 0, a, b]
+    return _act_reference(y, act).astype(np.float32)

@@ -1,0 +1,244 @@
+"""Pointwise (1x1) convolution: a matrix multiply over channels.
+
+A 1x1 convolution on a channels-last tensor ``x`` of shape (..., Cin) is, for
+every pixel independently, ``y = W @ x_pixel + b``.  Flattening all leading
+dimensions into ``M`` rows gives one matrix product
+
+    out[m, n] = act( sum_k x[m, k] * W[n, k] + bias[n] )  (+ residual[m, n])
+
+with ``x`` (M, K=Cin), ``W`` (N=Cout, K) and ``out`` (M, N).  The same kernel
+serves ``nn.Linear`` layers, the full kxk convolution (``conv.py`` feeds it
+im2col rows) and the classifier.
+
+How it is made fast (the GEMM "micro-kernel" idea of GotoBLAS/BLIS):
+
+* ``W`` is packed once, at load time, into column *panels* of NR = 16 output
+  channels: ``wp[p, k, j] = W[p*16 + j, k]`` (zero-padded).  For a fixed k the
+  16 weights of a panel are contiguous: exactly two AVX2 vectors of 8 floats.
+* The output is computed in tiles of MR = 4 rows x NR = 16 columns.  The 64
+  partial sums of a tile live in a small stack buffer that LLVM promotes to 8
+  vector registers; per k the tile does 4 broadcasts of ``x[m, k]`` + 2 vector
+  loads of the panel + 8 fused multiply-adds.  4 x 16 is the largest tile that
+  fits the 16 AVX2 registers without spilling (8 accumulators + 4 broadcasts +
+  2 weight vectors); 6 x 16 spills and is slower.
+* Work is split into jobs of (a chunk of MC rows) x (a group of panels) that
+  run in parallel with ``prange``.  Inside a job the panel loop is outside the
+  row-tile loop, so one panel (K x 16 floats) stays in L1 while it is applied to
+  all the rows of the chunk (MC x K floats, kept in L2).
+* Bias, activation and the optional residual are applied when the tile is
+  written out ("fused epilogue"), so ``out`` is written exactly once.
+
+Rows past the end of ``x`` are handled by re-reading the last row (clamping)
+and not storing the extra results; columns past Cout read the zero padding of
+the last panel and are not stored.
+"""
+import numpy as np
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .activations import apply_act
+
+MR = 4    # rows of x per micro-tile
+NR = 16   # output channels per weight panel (= 2 AVX2 vectors)
+TILE = MR * NR
+
+
+# ---------------------------------------------------------------- micro-kernel
+@intrinsic
+def stack_buffer_f32(typingctx, size):
+    """``stack_buffer_f32(n)`` -> uninitialised float32 array of n elements on the stack.
+
+    ``n`` must be a compile-time constant.  Unlike ``np.empty`` this does not
+    call the allocator, and because the memory is a plain ``alloca`` LLVM can
+    keep the whole buffer in registers when it is only indexed by constants
+    after loop unrolling -- which is what the micro-kernel relies on.
+    """
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    n = size.literal_value
+    arrty = types.Array(types.float32, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        intp = types.intp
+        ptr = cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
+        ary = context.make_array(arrty)(context, builder)
+        context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
+                               strides=[context.get_constant(intp, 4)],
+                               itemsize=context.get_constant(intp, 4), meminfo=None)
+        return ary._getvalue()
+
+    return arrty(size), codegen
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def micro_tile(a, r0, r1, r2, r3, k0, wp, p, kn, acc):
+    """acc[i*16 + j] += sum_{k<kn} a[r_i, k0+k] * wp[p, k0+k, j]   (i < 4, j < 16).
+
+    ``a`` is 2-D (rows, K); ``r0..r3`` are the 4 rows of the tile; ``wp`` is a
+    packed weight (P, K, 16).  The row indices are loop-invariant (their
+    bounds handling is hoisted) and ``k``/``j`` count up from 0, which keeps the
+    loop body to 4 broadcasts, 2 loads and 8 FMAs.
+    """
+    for k in range(kn):
+        kk = k0 + k
+        a0 = a[r0, kk]
+        a1 = a[r1, kk]
+        a2 = a[r2, kk]
+        a3 = a[r3, kk]
+        for j in range(NR):           # fully unrolled + vectorised: 2 x 8 lanes
+            wj = wp[p, kk, j]
+            acc[j] += a0 * wj
+            acc[NR + j] += a1 * wj
+            acc[2 * NR + j] += a2 * wj
+            acc[3 * NR + j] += a3 * wj
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def zero_tile(acc):
+    for t in range(TILE):
+        acc[t] = np.float32(0.0)
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def store_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
+    """out[m0+i, n0+j] = act(acc[i, j] + bias[n0+j]) (+ res[m0+i, n0+j]) for i<nrows, j<ncols.
+
+    ``res`` may be ``out`` itself: each element is read before it is written.
+    """
+    if ncols == NR:                      # full-width tile: constant trip count, vectorised
+        for i in range(nrows):
+            m = m0 + i
+            for j in range(NR):
+                v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
+                if has_res:
+                    v += res[m, n0 + j]
+                out[m, n0 + j] = v
+    else:
+        for i in range(nrows):
+            m = m0 + i
+            for j in range(ncols):
+                v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
+                if has_res:
+                    v += res[m, n0 + j]
+                out[m, n0 + j] = v
+
+
+# ---------------------------------------------------------------- job planning
+def plan_jobs(m, k, panels, n_threads_hint=2):
+    """Pick (rows per chunk MC, panels per group PG) for an (m x k) @ (k x 16*panels) product.
+
+    MC keeps a chunk of ``x`` (MC x K floats) around 128 KiB so it stays in L2
+    while every panel of the group sweeps over it.  When there are too few row
+    chunks to feed the threads (small feature maps, batch-1 classifier), the
+    panels are split into groups instead.
+    """
+    mc = max(MR, min(128, (32768 // max(k, 1)) // MR * MR))
+    mc = min(mc, -(-m // MR) * MR)                      # no bigger than needed
+    n_chunks = -(-m // mc)
+    want = 4 * n_threads_hint                           # jobs for load balance
+    groups = min(panels, max(1, -(-want // n_chunks)))
+    pg = -(-panels // groups)
+    return mc, pg
+
+
+# ---------------------------------------------------------------- the kernel
+@njit(parallel=True, fastmath=True, cache=True)
+def _pointwise_kernel(x, wp, bias, act, out, res, has_res, mc, pg):
+    m_total, k = x.shape                 # x (M, K)
+    n_total = out.shape[1]               # out (M, N)
+    panels = wp.shape[0]                 # wp (P, K, 16)
+    n_chunks = (m_total + mc - 1) // mc
+    n_groups = (panels + pg - 1) // pg
+    for job in prange(n_chunks * n_groups):
+        chunk = job // n_groups
+        group = job - chunk * n_groups
+        acc = stack_buffer_f32(TILE)     # the 4 x 16 tile, in registers
+        m_lo = chunk * mc
+        m_hi = min(m_total, m_lo + mc)
+        last = m_hi - 1
+        for p in range(group * pg, min(panels, group * pg + pg)):
+            n0 = p * NR
+            ncols = min(NR, n_total - n0)
+            for mt in range(m_lo, m_hi, MR):
+                zero_tile(acc)
+                micro_tile(x, mt, min(mt + 1, last), min(mt + 2, last), min(mt + 3, last),
+                           0, wp, p, k, acc)
+                store_tile(acc, min(MR, m_hi - mt), ncols, out, mt, n0, bias, act, res, has_res)
+
+
+# ---------------------------------------------------------------- public API
+def prepare_pointwise_weight(w):
+    """Pack a torch-layout weight (Cout, Cin) or (Cout, Cin, 1, 1) into panels.
+
+    Returns ``wp`` float32 (ceil(Cout/16), Cin, 16) with
+    ``wp[p, k, j] = w[16*p + j, k]`` and zeros past Cout.  Also used for
+    ``nn.Linear`` weights (out, in).  Called once at load time.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim == 4:
+        assert w.shape[2:] == (1, 1), f"not a 1x1 conv weight: {w.shape}"
+        w = w[:, :, 0, 0]
+    assert w.ndim == 2, f"expected (Cout, Cin), got {w.shape}"
+    cout, cin = w.shape
+    panels = -(-cout // NR)
+    padded = np.zeros((panels * NR, cin), np.float32)    # (P*16, Cin)
+    padded[:cout] = w
+    return np.ascontiguousarray(padded.reshape(panels, NR, cin).transpose(0, 2, 1))  # (P, Cin, 16)
+
+
+def pointwise_conv(x, wp, bias, act, out, residual=None):
+    """out = act(x @ W.T + bias) (+ residual), written into ``out``; returns ``out``.
+
+    x: float32 C-contiguous (..., Cin); wp: from :func:`prepare_pointwise_weight`;
+    bias: float32 (Cout,); act: activation code; out: float32 C-contiguous
+    (..., Cout) with x's leading dims; residual: None or an array shaped like
+    ``out`` (may be ``out`` itself for in-place accumulation).
+    """
+    assert x.dtype == np.float32 and x.flags.c_contiguous, "x must be C-contiguous float32"
+    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
+    k = x.shape[-1]
+    n = out.shape[-1]
+    assert out.shape[:-1] == x.shape[:-1], f"leading dims differ: {x.shape} vs {out.shape}"
+    assert wp.ndim == 3 and wp.shape[1] == k and wp.shape[2] == NR, "weight/input mismatch"
+    assert (wp.shape[0] - 1) * NR < n <= wp.shape[0] * NR, "weight/output mismatch"
+    assert bias.shape == (n,) and bias.dtype == np.float32
+    x2 = x.reshape(-1, k)                                   # (M, K)
+    out2 = out.reshape(-1, n)                               # (M, N)
+    if residual is None:
+        res2, has_res = out2, False
+    else:
+        assert residual.shape == out.shape and residual.dtype == np.float32
+        assert residual.flags.c_contiguous
+        res2, has_res = residual.reshape(-1, n), True       # (M, N)
+    m = x2.shape[0]
+    if m == 0:
+        return out
+    mc, pg = plan_jobs(m, k, wp.shape[0])
+    _pointwise_kernel(x2, wp, bias, act, out2, res2, has_res, mc, pg)
+    return out
+
+
+def _act_reference(y, act):
+    """Activation on a float64 array (codes as in activations.py)."""
+    if act == 1:
+        return np.maximum(y, 0.0)
+    if act == 2:
+        return np.clip(y, 0.0, 6.0)
+    if act == 3:
+        return y / (1.0 + np.exp(-y))
+    assert act == 0, f"unknown activation code {act}"
+    return y
+
+
+def pointwise_reference(x, w, bias, act, residual=None):
+    """Plain NumPy 1x1 conv / linear: float64 matmul, then act, then residual, cast to float32.
+
+    x (..., Cin); w torch layout (Cout, Cin[, 1, 1]); bias (Cout,); returns (..., Cout).
+    """
+    w = np.asarray(w, np.float64).reshape(np.shape(w)[0], -1)            # (Cout, Cin)
+    y = np.asarray(x, np.float64) @ w.T + np.asarray(bias, np.float64)   # (..., Cout)
+    y = _act_reference(y, act)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    return y.astype(np.float32)

@@ -1,0 +1,104 @@
+"""The Python API beyond single forward passes: outputs, threads, concurrency, conversion."""
+import threading
+
+import numpy as np
+import pytest
+
+import tinymvit
+from fake_checkpoints import random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory):
+    folder = random_checkpoint(tmp_path_factory.mktemp("v1"), "mobilevit", num_labels=6,
+                               hidden_sizes=[64, 80, 96],
+                               neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0)
+    return tinymvit.load(folder)
+
+
+def test_outputs_are_float32_nchw_and_consistent(v1):
+    x = np.random.default_rng(0).standard_normal((2, 3, 70, 90)).astype(np.float32)
+    out = v1(x, output_hidden_states=True)
+    assert out.logits.dtype == np.float32 and out.logits.shape == (2, 6)
+    assert out.pooler_output.shape == (2, 320)
+    assert out.last_hidden_state.shape == (2, 320, 3, 3)
+    assert [h.shape[1:] for h in out.hidden_states] == [
+        (16, 35, 45), (24, 18, 23), (48, 9, 12), (64, 5, 6), (80, 3, 3)]
+    # pooler = spatial mean of the last hidden state, and hidden states do not change logits
+    np.testing.assert_allclose(out.pooler_output, out.last_hidden_state.mean((2, 3)),
+                               rtol=1e-5, atol=1e-6)
+    plain = v1(x)
+    assert plain.hidden_states is None
+    np.testing.assert_array_equal(plain.logits, out.logits)
+    assert out["logits"] is out.logits and "hidden_states" in out.keys()
+
+
+def test_batch_equals_single(v1):
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    batch = v1(x).logits
+    for i in range(3):
+        np.testing.assert_allclose(v1(x[i:i + 1]).logits[0], batch[i], rtol=1e-5, atol=1e-5)
+
+
+def test_thread_counts_agree(v1):
+    x = np.random.default_rng(2).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    v1.num_threads = 1
+    one = v1(x).logits
+    v1.num_threads = 2
+    two = v1(x).logits
+    v1.num_threads = None
+    np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-5)
+    with pytest.raises(tinymvit.InputError, match="positive int"):
+        v1.num_threads = 0
+    tinymvit.set_num_threads(1)
+    assert tinymvit.get_num_threads() == 1
+    tinymvit.set_num_threads(2)
+
+
+def test_concurrent_calls_from_threads(v1):
+    """An app may call one model from several threads at once (thread-safe layer + plan pool)."""
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((1, 3, 64 + 8 * (i % 2), 64)).astype(np.float32)
+              for i in range(6)]
+    expected = [v1(x).logits for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(3):
+            results[i] = v1(inputs[i]).logits
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_convert_round_trip_keeps_tensors_and_metadata(v1, tmp_path):
+    from safetensors import safe_open
+    folder = random_checkpoint(tmp_path / "src", "mobilenet_v2", depth_multiplier=0.35,
+                               num_labels=3, id2label={"0": "bg", "1": "cat", "2": "dog"},
+                               preprocessor={"crop_size": {"height": 96, "width": 96},
+                                             "size": {"shortest_edge": 128},
+                                             "do_normalize": True,
+                                             "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    dst = tinymvit.convert(folder, tmp_path / "out" / "m.safetensors")
+    with safe_open(str(dst), "np") as f:
+        meta = f.metadata()
+        names = set(f.keys())
+    assert meta["format"] == "tinymvit" and meta["format_version"] == "1"
+    assert '"shortest_edge": 128' in meta["preprocessor_config"]
+    assert '"1": "cat"' in meta["id2label"]
+    from safetensors.numpy import load_file
+    original = load_file(str(folder / "model.safetensors"))
+    assert names == set(original)
+    with safe_open(str(dst), "np") as f:
+        for k in original:
+            np.testing.assert_array_equal(f.get_tensor(k), original[k])
+    a, b = tinymvit.load(folder), tinymvit.load(dst)
+    assert b.id2label == {0: "bg", 1: "cat", 2: "dog"}
+    x = np.random.default_rng(4).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    np.testing.assert_array_equal(a(x).logits, b(x).logits)
+    assert b.preprocess(np.zeros((100, 140, 3), np.uint8)).shape == (1, 3, 96, 96)

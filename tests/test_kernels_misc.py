@@ -1,0 +1,306 @@
+"""Kernels other than convolutions: norms, the two attentions, unfold/fold, pooling.
+
+Each Numba kernel is compared with its NumPy reference on seeded random inputs of
+many shapes; each reference is checked once against PyTorch (the formulas the
+Hugging Face models use), so a wrong reference cannot hide a wrong kernel.
+"""
+import numpy as np
+import pytest
+
+from tinymvit.kernels.attention_mha import multi_head_attention, multi_head_attention_reference
+from tinymvit.kernels.attention_separable import (separable_attention,
+                                                  separable_attention_reference)
+from tinymvit.kernels.norm import (group_norm1, group_norm1_reference, layer_norm,
+                                   layer_norm_reference)
+from tinymvit.kernels.patches import (fold_patches, fold_patches_reference, unfold_patches,
+                                      unfold_patches_reference)
+from tinymvit.kernels.pooling import global_avg_pool, global_avg_pool_reference
+
+RTOL = 1e-5  # tolerance relative to the scale (max |value|) of the expected output
+
+
+def assert_close(got, want, rtol=RTOL):
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.isfinite(got).all()
+    scale = max(float(np.abs(want).max()), 1e-30) if want.size else 1.0
+    err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+    assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol:g} * {scale:.3g}"
+
+
+def randn(rng, shape, scale=1.0, shift=0.0):
+    return (rng.standard_normal(shape) * scale + shift).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- norms
+
+GN_CASES = [  # (shape, eps, input scale, input shift)
+    ((1, 4, 16, 8), 1e-5, 1.0, 0.0),
+    ((3, 4, 37, 5), 1e-5, 2.0, 3.0),     # rows not a multiple of the chunk size
+    ((2, 9, 13, 1), 1e-3, 1.0, -1.0),    # C = 1
+    ((2, 4, 300, 24), 0.1, 0.5, 0.0),    # eps large enough to matter
+    ((1, 4, 1024, 128), 1e-5, 3.0, 20.0),  # realistic size, large mean vs std
+    ((4, 6), 1e-5, 1.0, 0.0),            # 2-D (B, C): a single row per sample
+    ((2, 3, 5, 7, 6), 1e-5, 1.0, 0.0),   # extra leading dims
+    ((2, 1, 1, 3), 1e-5, 1.0, 0.0),      # a single position per sample
+]
+
+
+@pytest.mark.parametrize("shape,eps,scale,shift", GN_CASES)
+def test_group_norm1_matches_reference(shape, eps, scale, shift):
+    rng = np.random.default_rng(list(shape))
+    x = randn(rng, shape, scale, shift)
+    gamma = randn(rng, shape[-1:], 1.0, 1.0)
+    beta = randn(rng, shape[-1:])
+    want = group_norm1_reference(x, gamma, beta, eps)
+    out = np.full_like(x, np.nan)
+    assert group_norm1(x, gamma, beta, eps, out) is out
+    assert_close(out, want)
+    # in place
+    y = x.copy()
+    group_norm1(y, gamma, beta, eps, y)
+    assert_close(y, want)
+
+
+LN_CASES = [
+    ((5, 7), 1e-5, 1.0, 0.0),
+    ((3, 16, 144), 1e-5, 2.0, 5.0),
+    ((4, 37, 240), 1e-3, 1.0, 0.0),
+    ((2, 3, 4, 1), 1e-5, 1.0, 0.0),      # C = 1: output is exactly beta
+    ((1, 9), 0.5, 0.1, 0.0),
+]
+
+
+@pytest.mark.parametrize("shape,eps,scale,shift", LN_CASES)
+def test_layer_norm_matches_reference(shape, eps, scale, shift):
+    rng = np.random.default_rng(list(shape))
+    x = randn(rng, shape, scale, shift)
+    gamma = randn(rng, shape[-1:], 1.0, 1.0)
+    beta = randn(rng, shape[-1:])
+    want = layer_norm_reference(x, gamma, beta, eps)
+    out = np.full_like(x, np.nan)
+    layer_norm(x, gamma, beta, eps, out)
+    assert_close(out, want)
+    y = x.copy()
+    layer_norm(y, gamma, beta, eps, y)
+    assert_close(y, want)
+    if shape[-1] == 1:
+        assert np.array_equal(out, np.broadcast_to(beta, shape))
+
+
+def test_norms_reject_bad_input():
+    x = np.zeros((2, 3, 4), np.float32)
+    g = np.ones(4, np.float32)
+    with pytest.raises(AssertionError):
+        group_norm1(x.astype(np.float64), g, g, 1e-5, x)
+    with pytest.raises(AssertionError):
+        layer_norm(x, g, g, 1e-5, np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(AssertionError):
+        layer_norm(x[:, ::2], g, g, 1e-5, x[:, ::2])
+
+
+# ----------------------------------------------------------------- separable attention
+
+SEP_CASES = [  # (B, P, N, d, query scale)
+    (1, 4, 256, 8, 1.0),
+    (2, 4, 37, 5, 3.0),
+    (3, 1, 1, 1, 1.0),       # a single patch: softmax = 1
+    (1, 9, 16, 1, 1.0),
+    (2, 4, 64, 33, 30.0),    # very peaked softmax
+]
+
+
+@pytest.mark.parametrize("B,P,N,d,qscale", SEP_CASES)
+def test_separable_attention_matches_reference(B, P, N, d, qscale):
+    rng = np.random.default_rng(B * 1000 + N + d)
+    qkv = randn(rng, (B, P, N, 1 + 2 * d))
+    qkv[..., 0] *= qscale
+    want = separable_attention_reference(qkv)
+    out = np.full((B, P, N, d), np.nan, np.float32)
+    assert separable_attention(qkv, out) is out
+    assert_close(out, want)
+
+
+def test_separable_attention_single_patch_is_relu_v_times_k():
+    rng = np.random.default_rng(7)
+    qkv = randn(rng, (2, 4, 1, 7))  # d = 3
+    out = np.empty((2, 4, 1, 3), np.float32)
+    separable_attention(qkv, out)
+    assert_close(out, np.maximum(qkv[..., 4:], 0) * qkv[..., 1:4])
+
+
+# ------------------------------------------------------------------------------ MHA
+
+MHA_CASES = [  # (S, N, h, heads, scale)
+    (4, 256, 48, 4, 1.0),
+    (3, 17, 12, 2, 1.0),
+    (2, 1, 8, 1, 1.0),       # a single token: output = v
+    (1, 5, 15, 3, 1.0),      # odd head dim (5)
+    (2, 130, 20, 4, 2.0),    # N not a multiple of the query block
+    (4, 64, 36, 1, 4.0),     # one head, peaked softmax
+    (1, 300, 64, 2, 10.0),   # very peaked: many exp() underflow
+    (2, 16, 16, 4, 1.0),     # head dim 4
+]
+
+
+@pytest.mark.parametrize("S,N,h,heads,scale", MHA_CASES)
+def test_multi_head_attention_matches_reference(S, N, h, heads, scale):
+    rng = np.random.default_rng(S * 7919 + N * 31 + h)
+    qkv = randn(rng, (S, N, 3 * h))
+    qkv[..., :2 * h] *= np.float32(np.sqrt(scale))  # q and k: scores scaled by `scale`
+    want = multi_head_attention_reference(qkv, heads)
+    out = np.full((S, N, h), np.nan, np.float32)
+    assert multi_head_attention(qkv, heads, out) is out
+    assert_close(out, want)
+    if N == 1:
+        assert_close(out, qkv[..., 2 * h:])
+
+
+def test_mha_vectorised_exp_is_accurate():
+    from tinymvit.kernels.attention_mha import _exp_row_inplace
+    x = -np.linspace(0.0, 100.0, 200_001).astype(np.float32)  # softmax arguments are <= 0
+    y = x.copy()
+    _exp_row_inplace(y, np.empty(y.shape, np.int32))
+    want = np.exp(x.astype(np.float64))
+    normal = x > -87.0
+    assert np.all(np.abs(y[normal] - want[normal]) <= 1e-6 * want[normal])
+    assert np.all((y[~normal] >= 0) & (y[~normal] < 2e-38))  # clamped tail: tiny, not garbage
+    assert y[0] == 1.0
+
+
+def test_multi_head_attention_rejects_bad_heads():
+    qkv = np.zeros((1, 4, 30), np.float32)
+    with pytest.raises(AssertionError):
+        multi_head_attention(qkv, 3, np.zeros((1, 4, 10), np.float32))  # 3 does not divide h=10
+    with pytest.raises(AssertionError):
+        multi_head_attention(qkv, 2, np.zeros((1, 4, 30), np.float32))  # out must be (S, N, h)
+
+
+# --------------------------------------------------------------------- unfold / fold
+
+PATCH_CASES = [  # (B, H, W, C, p)
+    (2, 8, 8, 3, 2),
+    (1, 9, 7, 5, 2),      # odd: last row and column dropped
+    (2, 10, 11, 1, 3),    # C = 1, H mod 3 = 1, W mod 3 = 2
+    (1, 4, 4, 2, 4),      # a single patch
+    (3, 5, 6, 4, 1),      # p = 1: tokens are the pixels
+    (1, 32, 32, 16, 2),
+    (2, 3, 5, 2, 2),      # 1 x 2 patches
+]
+
+
+@pytest.mark.parametrize("B,H,W,C,p", PATCH_CASES)
+def test_unfold_fold_match_reference(B, H, W, C, p):
+    rng = np.random.default_rng(B + H * 13 + W * 17 + C + p)
+    x = randn(rng, (B, H, W, C))
+    nh, nw = H // p, W // p
+    want = unfold_patches_reference(x, p, nh, nw)
+    tok = np.full((B, p * p, nh * nw, C), np.nan, np.float32)
+    assert unfold_patches(x, p, nh, nw, tok) is tok
+    assert np.array_equal(tok, want)
+    # the index formula, checked literally on a few entries
+    for _ in range(20):
+        b, a, bb, i, j, c = (rng.integers(n) for n in (B, p, p, nh, nw, C))
+        assert tok[b, a * p + bb, i * nw + j, c] == x[b, i * p + a, j * p + bb, c]
+
+    tok2 = randn(rng, tok.shape)
+    fmap = np.full((B, H, W, C), np.nan, np.float32)  # stale garbage must be overwritten
+    assert fold_patches(tok2, p, nh, nw, fmap) is fmap
+    assert np.array_equal(fmap, fold_patches_reference(tok2, p, nh, nw, H, W))
+    assert np.all(fmap[:, nh * p:] == 0.0) and np.all(fmap[:, :, nw * p:] == 0.0)
+    # fold inverts unfold on the covered region
+    fold_patches(tok, p, nh, nw, fmap)
+    assert np.array_equal(fmap[:, :nh * p, :nw * p], x[:, :nh * p, :nw * p])
+
+
+def test_unfold_fold_reject_bad_shapes():
+    x = np.zeros((1, 5, 5, 2), np.float32)
+    with pytest.raises(AssertionError):
+        unfold_patches(x, 2, 3, 2, np.zeros((1, 4, 6, 2), np.float32))  # 3*2 > 5
+    with pytest.raises(AssertionError):
+        fold_patches(np.zeros((1, 4, 5, 2), np.float32), 2, 2, 2, x)    # N != nh*nw
+
+
+# ---------------------------------------------------------------------------- pooling
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 640), (1, 1, 1, 5), (3, 7, 9, 130), (1, 32, 32, 1)])
+def test_global_avg_pool_matches_reference(shape):
+    rng = np.random.default_rng(shape[3])
+    x = randn(rng, shape, 2.0, 1.0)
+    out = np.full((shape[0], shape[3]), np.nan, np.float32)
+    assert global_avg_pool(x, out) is out
+    assert_close(out, global_avg_pool_reference(x))
+
+
+# ------------------------------------------------------- references against PyTorch
+
+def test_references_match_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(1234)
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+
+    # GroupNorm(1, C) on the NCHW-style patch tensor (B, C, P, N)
+    x = randn(rng, (2, 4, 37, 6), 2.0, 1.0)  # (B, P, N, C)
+    g, b = randn(rng, (6,), 1.0, 1.0), randn(rng, (6,))
+    want = F.group_norm(t(x).permute(0, 3, 1, 2), 1, t(g), t(b), 1e-5).permute(0, 2, 3, 1)
+    assert_close(group_norm1_reference(x, g, b, 1e-5), want.numpy(), 1e-6)
+
+    # LayerNorm over the last axis
+    x = randn(rng, (8, 16, 20))
+    g, b = randn(rng, (20,), 1.0, 1.0), randn(rng, (20,))
+    want = F.layer_norm(t(x), (20,), t(g), t(b), 1e-5)
+    assert_close(layer_norm_reference(x, g, b, 1e-5), want.numpy(), 1e-6)
+
+    # unfold / fold exactly as MobileViTV2Layer.unfolding / folding (incl. H, W not multiples of p)
+    B, C, H, W, p = 2, 3, 9, 11, 2
+    x = randn(rng, (B, H, W, C))
+    nh, nw = H // p, W // p
+    xt = t(x).permute(0, 3, 1, 2)                                          # NCHW
+    hf = F.unfold(xt, kernel_size=(p, p), stride=(p, p)).reshape(B, C, p * p, -1)
+    tok = unfold_patches_reference(x, p, nh, nw)
+    assert np.array_equal(tok, hf.permute(0, 2, 3, 1).numpy().astype(np.float32))
+    hf_map = F.fold(t(tok).permute(0, 3, 1, 2).reshape(B, C * p * p, nh * nw),
+                    output_size=(H, W), kernel_size=(p, p), stride=(p, p))
+    assert np.array_equal(fold_patches_reference(tok, p, nh, nw, H, W),
+                          hf_map.permute(0, 2, 3, 1).numpy().astype(np.float32))
+
+    # unfold / fold exactly as MobileViTLayer (v1) does with its reshapes (exact multiple)
+    H, W = 8, 12
+    nh, nw = H // p, W // p
+    x = randn(rng, (B, H, W, C))
+    f = t(x).permute(0, 3, 1, 2)
+    v1 = f.reshape(B * C * nh, p, nw, p).transpose(1, 2).reshape(B, C, nh * nw, p * p)
+    v1 = v1.transpose(1, 3).reshape(B * p * p, nh * nw, C)
+    tok = unfold_patches_reference(x, p, nh, nw)
+    assert np.array_equal(tok.reshape(B * p * p, nh * nw, C), v1.numpy().astype(np.float32))
+    back = t(tok).reshape(B, p * p, nh * nw, C).transpose(1, 3)
+    back = back.reshape(B * C * nh, nw, p, p).transpose(1, 2).reshape(B, C, nh * p, nw * p)
+    assert np.array_equal(fold_patches_reference(tok, p, nh, nw, H, W),
+                          back.permute(0, 2, 3, 1).numpy().astype(np.float32))
+
+    # separable attention as MobileViTV2LinearSelfAttention.forward (NCHW-style (B, 1+2d, P, N))
+    d = 5
+    qkv = randn(rng, (2, 4, 19, 1 + 2 * d))
+    q, k, v = torch.split(t(qkv).permute(0, 3, 1, 2), [1, d, d], dim=1)
+    cv = (k * torch.softmax(q, dim=-1)).sum(dim=-1, keepdim=True)
+    want = (F.relu(v) * cv.expand_as(v)).permute(0, 2, 3, 1)
+    assert_close(separable_attention_reference(qkv), want.numpy(), 1e-6)
+
+    # multi-head attention as MobileViTSelfAttention.forward, and torch's fused SDPA
+    S, N, h, heads = 3, 23, 12, 4
+    hd = h // heads
+    qkv = randn(rng, (S, N, 3 * h), 2.0)
+    ql, kl, vl = (t(qkv[..., i * h:(i + 1) * h]).view(S, N, heads, hd).transpose(1, 2)
+                  for i in range(3))
+    probs = torch.softmax(ql @ kl.transpose(-1, -2) / np.sqrt(hd), dim=-1)
+    want = (probs @ vl).permute(0, 2, 1, 3).reshape(S, N, h)
+    ref = multi_head_attention_reference(qkv, heads)
+    assert_close(ref, want.numpy(), 1e-6)
+    sdpa = F.scaled_dot_product_attention(ql, kl, vl).permute(0, 2, 1, 3).reshape(S, N, h)
+    assert_close(ref, sdpa.numpy(), 1e-6)
+
+    # global average pooling
+    x = randn(rng, (2, 5, 7, 9))
+    assert_close(global_avg_pool_reference(x), t(x).mean(dim=(1, 2)).numpy(), 1e-6)

@@ -1,0 +1,6 @@
+"""``python -m tinymvit`` == the ``tinymvit`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,17 @@
+"""The exceptions tinymvit raises.  Every one names what was wrong and what was expected."""
+
+
+class TinyMViTError(Exception):
+    """Base class of every error tinymvit raises on bad input."""
+
+
+class CheckpointError(TinyMViTError, ValueError):
+    """A checkpoint folder or file is missing, unreadable, corrupt, or does not match its config."""
+
+
+class ConfigError(TinyMViTError, ValueError):
+    """A config.json is unreadable, names an unknown architecture, or holds an unsupported value."""
+
+
+class InputError(TinyMViTError, ValueError):
+    """``pixel_values`` (or another call argument) has the wrong type, dtype, shape or size."""
