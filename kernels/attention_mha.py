@@ -29,7 +29,7 @@ def _exp_row_inplace(x, bits):
     """x[m] <- exp(x[m]) for x[m] <= 0, in a form LLVM vectorises (no libm call).
 
     exp(x) = 2**n * exp(r) with n = round(x / ln2) and |r| <= ln2/2; exp(r) is a
-    degree-6 Taylor/Horner polynomial (rel. error < 2e-7) and 2**n is built
+    degree-6 Taylor/Horner polynomial (rel. error < 5e-7) and 2**n is built
     directly from its float32 bit pattern ((n + 127) << 23).  ``bits`` is an
     int32 scratch row of the same length as x.
     """

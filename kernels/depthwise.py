@@ -22,9 +22,11 @@ from numba import njit, prange
 
 from .activations import apply_act
 from .conv import pad_for_output
-from .pointwise import _act_reference, stack_buffer_f32
+from .pointwise import _act_reference, copy16, fma16, stack_buffer_f32
 
 CB = 16   # channels per register block (2 AVX2 vectors)
+PIX = 4   # neighbouring output pixels computed together (share the weight loads)
+ACC = PIX * CB
 
 
 def prepare_depthwise_weight(w):
@@ -47,23 +49,42 @@ def _valid_taps(pos, k, dil, size):
 
 
 @njit(inline="always", fastmath=True, cache=True)
-def _channel_block(x, wp, bias, act, out, n, i, j, c0, width, ih0, iw0, dil,
-                   a_lo, a_hi, b_lo, b_hi, acc):
-    """out[n, i, j, c0:c0+width] for one pixel; ``width`` is CB (unrolled) or the tail."""
-    # The channel index is cast to unsigned: Numba then skips its negative-index
-    # wrap-around test, the addresses of consecutive cc are provably consecutive,
-    # and LLVM turns each cc loop into 2 vector operations.
-    for cc in range(width):
-        acc[cc] = bias[np.uintp(c0 + cc)]
+def _pixels(x, wp, bias, act, out, n, i, j, npix, c0, ih0, iw0, stride, dil,
+            a_lo, a_hi, b_lo, b_hi, acc):
+    """out[n, i, j:j+npix, c0:c0+16] for ``npix`` (1 or PIX) neighbouring output pixels.
+
+    The pixels must share the valid tap ranges.  Accumulators: ``acc`` holds
+    npix x 16 floats (registers); each weight vector is loaded once per tap and
+    used for all npix pixels.
+    """
+    _, h, w_in, c = x.shape
+    _, ho, wo, _ = out.shape
+    kw = wp.shape[1]
+    for q in range(npix):
+        copy16(acc, q * CB, bias, c0)                            # start from the bias
     for a in range(a_lo, a_hi):
-        ih = ih0 + a * dil
+        x_row = (n * h + ih0 + a * dil) * w_in                   # pixel index of x[n, ih, 0]
         for b in range(b_lo, b_hi):
-            iw = iw0 + b * dil
-            for cc in range(width):
-                c = np.uintp(c0 + cc)
-                acc[cc] += wp[a, b, c] * x[n, ih, iw, c]
-    for cc in range(width):
-        out[n, i, j, np.uintp(c0 + cc)] = apply_act(acc[cc], act)
+            wi = (a * kw + b) * c + c0                           # wp[a, b, c0]
+            xi = (x_row + iw0 + b * dil) * c + c0                # x[n, ih, iw, c0], pixel j
+            for q in range(npix):
+                fma16(acc, q * CB, wp, wi, x, xi + q * stride * c)
+    for t in range(npix * CB):
+        acc[t] = apply_act(acc[t], act)
+    o = ((n * ho + i) * wo + j) * c + c0                         # out[n, i, j, c0]
+    for q in range(npix):
+        copy16(out, o + q * c, acc, q * CB)
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def _pixel_tail(x, wp, bias, act, out, n, i, j, c_lo, ih0, iw0, dil, a_lo, a_hi, b_lo, b_hi):
+    """Channels c_lo.. (fewer than 16) of one output pixel, one at a time."""
+    for ch in range(c_lo, x.shape[3]):
+        v = bias[ch]
+        for a in range(a_lo, a_hi):
+            for b in range(b_lo, b_hi):
+                v += wp[a, b, ch] * x[n, ih0 + a * dil, iw0 + b * dil, ch]
+        out[n, i, j, ch] = apply_act(v, act)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -72,21 +93,36 @@ def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
     _, ho, wo, _ = out.shape             # out (N, Ho, Wo, C)
     kh, kw, _ = wp.shape                 # wp (kh, kw, C)
     c_main = c // CB * CB
+    # output columns whose kw taps are all inside the input: j_full_lo <= j < j_full_hi
+    j_full_lo = (pad_l + stride - 1) // stride
+    j_full_hi = max(j_full_lo, min(wo, (w_in - 1 - (kw - 1) * dil + pad_l) // stride + 1))
     for row in prange(n_img * ho):
         n = row // ho
         i = row - n * ho
-        acc = stack_buffer_f32(CB)
+        acc = stack_buffer_f32(ACC)
         ih0 = i * stride - pad_t
         a_lo, a_hi = _valid_taps(ih0, kh, dil, h)
-        for j in range(wo):
+        j = 0
+        while j < wo:
             iw0 = j * stride - pad_l
-            b_lo, b_hi = _valid_taps(iw0, kw, dil, w_in)
-            for c0 in range(0, c_main, CB):
-                _channel_block(x, wp, bias, act, out, n, i, j, c0, CB, ih0, iw0, dil,
-                               a_lo, a_hi, b_lo, b_hi, acc)
-            if c_main < c:
-                _channel_block(x, wp, bias, act, out, n, i, j, c_main, c - c_main, ih0, iw0,
-                               dil, a_lo, a_hi, b_lo, b_hi, acc)
+            if j_full_lo <= j and j + PIX <= j_full_hi:      # PIX pixels, all kw taps valid
+                for c0 in range(0, c_main, CB):
+                    _pixels(x, wp, bias, act, out, n, i, j, PIX, c0, ih0, iw0, stride, dil,
+                            a_lo, a_hi, 0, kw, acc)
+                for q in range(PIX):
+                    if c_main < c:
+                        _pixel_tail(x, wp, bias, act, out, n, i, j + q, c_main, ih0,
+                                    iw0 + q * stride, dil, a_lo, a_hi, 0, kw)
+                j += PIX
+            else:                                             # one pixel near the border
+                b_lo, b_hi = _valid_taps(iw0, kw, dil, w_in)
+                for c0 in range(0, c_main, CB):
+                    _pixels(x, wp, bias, act, out, n, i, j, 1, c0, ih0, iw0, stride, dil,
+                            a_lo, a_hi, b_lo, b_hi, acc)
+                if c_main < c:
+                    _pixel_tail(x, wp, bias, act, out, n, i, j, c_main, ih0, iw0, dil,
+                                a_lo, a_hi, b_lo, b_hi)
+                j += 1
 
 
 def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):

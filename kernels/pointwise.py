@@ -33,6 +33,7 @@ and not storing the extra results; columns past Cout read the zero padding of
 the last panel and are not stored.
 """
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -44,15 +45,35 @@ NR = 16   # output channels per weight panel (= 2 AVX2 vectors)
 TILE = MR * NR
 
 
-# ---------------------------------------------------------------- micro-kernel
+# ---------------------------------------------------------------- SIMD helpers
+# Numba has no vector types, and LLVM's auto-vectoriser sometimes picks the wrong
+# loop (e.g. vectorising over the 9 taps of a depthwise kernel instead of the
+# channels).  These four tiny intrinsics state the 16-lane operations explicitly:
+# each becomes two 8-float AVX2 loads/stores and multiply-adds (fused into FMAs
+# under fastmath).  They index C-contiguous float32 arrays by *flat* element index
+# and do no bounds checks; the callers guarantee idx .. idx+15 is inside the array.
+_VEC8 = ir.VectorType(ir.FloatType(), 8)
+
+
+def _is_f32_c_array(ty):
+    return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.layout == "C"
+
+
+def _lane_ptrs(context, builder, arrty, arr, idxty, idx):
+    """LLVM pointers to the two 8-float halves of arr.flat[idx:idx+16]."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    base = builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
+    return [builder.bitcast(builder.gep(base, [context.get_constant(types.intp, half)]),
+                            _VEC8.as_pointer()) for half in (0, 8)]
+
+
 @intrinsic
 def stack_buffer_f32(typingctx, size):
     """``stack_buffer_f32(n)`` -> uninitialised float32 array of n elements on the stack.
 
     ``n`` must be a compile-time constant.  Unlike ``np.empty`` this does not
-    call the allocator, and because the memory is a plain ``alloca`` LLVM can
-    keep the whole buffer in registers when it is only indexed by constants
-    after loop unrolling -- which is what the micro-kernel relies on.
+    call the allocator, and because the memory is a plain ``alloca`` that is only
+    touched at constant offsets, LLVM keeps it entirely in registers.
     """
     if not isinstance(size, types.IntegerLiteral):
         return None
@@ -71,27 +92,85 @@ def stack_buffer_f32(typingctx, size):
     return arrty(size), codegen
 
 
+@intrinsic
+def axpy16(typingctx, acc, ai, s, src, si):
+    """acc.flat[ai:ai+16] += s * src.flat[si:si+16]   (s a float32 scalar, broadcast)."""
+    if not (_is_f32_c_array(acc) and _is_f32_c_array(src) and s == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_v, ai_v, s_v, src_v, si_v = args
+        at, ait, _, st, sit = signature.args
+        vs = ir.Constant(_VEC8, ir.Undefined)                      # broadcast s to 8 lanes
+        for lane in range(8):
+            vs = builder.insert_element(vs, s_v, context.get_constant(types.int32, lane))
+        for pa, ps in zip(_lane_ptrs(context, builder, at, acc_v, ait, ai_v),
+                          _lane_ptrs(context, builder, st, src_v, sit, si_v)):
+            prod = builder.fmul(vs, builder.load(ps, align=4), flags=("fast",))
+            builder.store(builder.fadd(builder.load(pa, align=4), prod, flags=("fast",)), pa,
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, ai, s, src, si), codegen
+
+
+@intrinsic
+def fma16(typingctx, acc, ai, w, wi, x, xi):
+    """acc.flat[ai:ai+16] += w.flat[wi:wi+16] * x.flat[xi:xi+16]   (element-wise)."""
+    if not (_is_f32_c_array(acc) and _is_f32_c_array(w) and _is_f32_c_array(x)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_v, ai_v, w_v, wi_v, x_v, xi_v = args
+        at, ait, wt, wit, xt, xit = signature.args
+        for pa, pw, px in zip(_lane_ptrs(context, builder, at, acc_v, ait, ai_v),
+                              _lane_ptrs(context, builder, wt, w_v, wit, wi_v),
+                              _lane_ptrs(context, builder, xt, x_v, xit, xi_v)):
+            prod = builder.fmul(builder.load(pw, align=4), builder.load(px, align=4),
+                                flags=("fast",))
+            builder.store(builder.fadd(builder.load(pa, align=4), prod, flags=("fast",)), pa,
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, ai, w, wi, x, xi), codegen
+
+
+@intrinsic
+def copy16(typingctx, dst, di, src, si):
+    """dst.flat[di:di+16] = src.flat[si:si+16]."""
+    if not (_is_f32_c_array(dst) and _is_f32_c_array(src)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        d_v, di_v, s_v, si_v = args
+        dt, dit, st, sit = signature.args
+        for pd, ps in zip(_lane_ptrs(context, builder, dt, d_v, dit, di_v),
+                          _lane_ptrs(context, builder, st, s_v, sit, si_v)):
+            builder.store(builder.load(ps, align=4), pd, align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, di, src, si), codegen
+
+
+# ---------------------------------------------------------------- micro-kernel
 @njit(inline="always", fastmath=True, cache=True)
 def micro_tile(a, r0, r1, r2, r3, k0, wp, p, kn, acc):
-    """acc[i*16 + j] += sum_{k<kn} a[r_i, k0+k] * wp[p, k0+k, j]   (i < 4, j < 16).
+    """acc[16*i + j] += sum_{k<kn} a[r_i, k0+k] * wp[p, k0+k, j]   (i < 4, j < 16).
 
     ``a`` is 2-D (rows, K); ``r0..r3`` are the 4 rows of the tile; ``wp`` is a
-    packed weight (P, K, 16).  The row indices are loop-invariant (their
-    bounds handling is hoisted) and ``k``/``j`` count up from 0, which keeps the
-    loop body to 4 broadcasts, 2 loads and 8 FMAs.
+    packed weight (P, K, 16).  Per k: 4 scalar loads of ``a`` (broadcast), one
+    16-float row of the panel (2 vector loads, shared by the 4 axpy16 after
+    LLVM's common-subexpression elimination) and 8 vector FMAs into the 8
+    accumulator registers.
     """
+    k_total = wp.shape[1]
     for k in range(kn):
         kk = k0 + k
-        a0 = a[r0, kk]
-        a1 = a[r1, kk]
-        a2 = a[r2, kk]
-        a3 = a[r3, kk]
-        for j in range(NR):           # fully unrolled + vectorised: 2 x 8 lanes
-            wj = wp[p, kk, j]
-            acc[j] += a0 * wj
-            acc[NR + j] += a1 * wj
-            acc[2 * NR + j] += a2 * wj
-            acc[3 * NR + j] += a3 * wj
+        wi = (p * k_total + kk) * NR      # flat index of wp[p, kk, 0]
+        axpy16(acc, 0, a[r0, kk], wp, wi)
+        axpy16(acc, NR, a[r1, kk], wp, wi)
+        axpy16(acc, 2 * NR, a[r2, kk], wp, wi)
+        axpy16(acc, 3 * NR, a[r3, kk], wp, wi)
 
 
 @njit(inline="always", fastmath=True, cache=True)
@@ -102,19 +181,23 @@ def zero_tile(acc):
 
 @njit(inline="always", fastmath=True, cache=True)
 def store_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
-    """out[m0+i, n0+j] = act(acc[i, j] + bias[n0+j]) (+ res[m0+i, n0+j]) for i<nrows, j<ncols.
+    """out[m0+i, n0+j] = act(acc[16*i + j] + bias[n0+j]) (+ res[m0+i, n0+j]), i<nrows, j<ncols.
 
-    ``res`` may be ``out`` itself: each element is read before it is written.
+    ``out`` and ``res`` are 2-D C-contiguous (M, N); ``res`` may be ``out``
+    itself: each element is read before it is written.
     """
-    if ncols == NR:                      # full-width tile: constant trip count, vectorised
+    n_total = out.shape[1]
+    if ncols == NR:                      # full-width tile: 16-lane vector code
         for i in range(nrows):
-            m = m0 + i
+            row = i * NR
+            axpy16(acc, row, np.float32(1.0), bias, n0)          # + bias
             for j in range(NR):
-                v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
-                if has_res:
-                    v += res[m, n0 + j]
-                out[m, n0 + j] = v
-    else:
+                acc[row + j] = apply_act(acc[row + j], act)
+            flat = (m0 + i) * n_total + n0                      # out[m0+i, n0]
+            if has_res:
+                axpy16(acc, row, np.float32(1.0), res, flat)     # + residual
+            copy16(out, flat, acc, row)
+    else:                                # last panel, Cout not a multiple of 16
         for i in range(nrows):
             m = m0 + i
             for j in range(ncols):

@@ -29,9 +29,11 @@ gathers and blends rows.  Only the way the source coordinate is computed differs
 * :func:`resize_bilinear_mapped` takes an arbitrary affine map per axis,
   ``src = clamp(i * scale + offset, 0, in - 1)`` in float64.  ``segment()`` uses it
   to sample low-resolution logits exactly at the centres of the original image's
-  pixels (see ``tinymvit.postprocess.logits_to_image_labels``).
+  pixels (see ``tinymvit.postprocess.logits_to_image_labels``);
+  :func:`resize_bilinear_mapped_argmax` fuses the class argmax into it, so a
+  12-megapixel label map never needs a (H, W, classes) float buffer.
 
-Both have a plain NumPy reference (``*_reference``) used by the tests.
+Each public kernel has a plain NumPy reference (``*_reference``) used by the tests.
 """
 from functools import lru_cache
 
@@ -90,7 +92,9 @@ def mapped_bilinear_taps(in_size, out_size, scale, offset):
 # --------------------------------------------------------------------------- kernel
 @njit(inline="always", fastmath=True, cache=True)
 def _fma32(a, b, c):
-    """float32(a*b + c) with ONE rounding (a fused multiply-add), via exact float64 maths."""
+    """float32(a*b + c) as a fused multiply-add: a*b is exact in float64, so only the sum
+    rounds (to float64, then float32 - the same as one rounding except in very rare
+    double-rounding cases)."""
     return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
@@ -119,6 +123,47 @@ def _bilinear_gather(x, out, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
                 t = _fma32(b0, top[c0, c], b1 * top[c1, c])
                 u = _fma32(b0, bot[c0, c], b1 * bot[c1, c])
                 orow[ox, c] = _fma32(a0, t, a1 * u)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
+    """labels[b, oy, ox] = argmax over c of the bilinear blend at (oy, ox).
+
+    Separable: each output row first blends its two input rows (vertical pass into a
+    small (W, C) buffer), then every output pixel blends two buffer columns and keeps
+    the best class.  (Same maths as _bilinear_gather, other rounding order: a class
+    can flip only where two scores tie to float32 precision.)
+    """
+    B, Ho, Wo = labels.shape
+    W = x.shape[2]
+    C = x.shape[3]
+    rows_per_task = 16
+    n_tasks = (B * Ho + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        col = np.empty((W, C), dtype=np.float32)        # vertical blend of one output row
+        for r in range(task * rows_per_task, min(B * Ho, (task + 1) * rows_per_task)):
+            b = r // Ho
+            oy = r - b * Ho
+            top = x[b, y0[oy]]    # (W, C)
+            bot = x[b, y1[oy]]    # (W, C)
+            a0 = wy0[oy]
+            a1 = wy1[oy]
+            for i in range(W):
+                for c in range(C):
+                    col[i, c] = a0 * top[i, c] + a1 * bot[i, c]
+            for ox in range(Wo):
+                left = col[x0[ox]]
+                right = col[x1[ox]]
+                b0 = wx0[ox]
+                b1 = wx1[ox]
+                best = b0 * left[0] + b1 * right[0]
+                arg = 0
+                for c in range(1, C):
+                    v = b0 * left[c] + b1 * right[c]
+                    if v > best:      # strict: ties keep the lowest class index
+                        best = v
+                        arg = c
+                labels[b, oy, ox] = arg
 
 
 def _check(x, out):
@@ -165,6 +210,31 @@ def resize_bilinear_mapped(x, out, scale_y, offset_y, scale_x, offset_x):
     tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
     _bilinear_gather(x, out, *ty, *tx)                     # out: (B, Ho, Wo, C)
     return out
+
+
+def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_x):
+    """Argmax over channels of :func:`resize_bilinear_mapped`, without the float buffer.
+
+    x:      (B, H, W, C) float32, C-contiguous (e.g. segmentation logits).
+    labels: (B, Ho, Wo) int64, C-contiguous; written in place and returned.
+    Equal to ``resize_bilinear_mapped(...).argmax(-1)`` (ties -> lowest index) except
+    where two classes tie to float32 rounding, but never materialises the
+    (B, Ho, Wo, C) interpolated scores, and is separable (two blends per class).
+    """
+    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4, \
+        "x must be C-contiguous float32 (B, H, W, C)"
+    assert labels.dtype == np.int64 and labels.flags.c_contiguous and labels.ndim == 3, \
+        "labels must be C-contiguous int64 (B, Ho, Wo)"
+    assert labels.shape[0] == x.shape[0] and min(x.shape) > 0, \
+        f"batch differs or empty input: x {x.shape}, labels {labels.shape}"
+    B, H, W, C = x.shape
+    _, Ho, Wo = labels.shape
+    if labels.size == 0:
+        return labels
+    ty = mapped_bilinear_taps(H, Ho, scale_y, offset_y)    # 4 x (Ho,)
+    tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
+    _bilinear_argmax(x, labels, *ty, *tx)                  # labels: (B, Ho, Wo)
+    return labels
 
 
 # ------------------------------------------------------------------------ references
@@ -218,3 +288,9 @@ def resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, of
             out[:, i, j] = ((1 - ly) * ((1 - lx) * x[:, yy0, xx0] + lx * x[:, yy0, xx1])
                             + ly * ((1 - lx) * x[:, yy1, xx0] + lx * x[:, yy1, xx1]))
     return out.astype(np.float32)
+
+
+def resize_bilinear_mapped_argmax_reference(x, out_size, scale_y, offset_y, scale_x, offset_x):
+    """NumPy reference of :func:`resize_bilinear_mapped_argmax`: (B, Ho, Wo) int64."""
+    scores = resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, offset_x)
+    return scores.argmax(-1).astype(np.int64)

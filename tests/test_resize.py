@@ -5,6 +5,8 @@ import pytest
 from tinymvit.kernels.resize import (
     resize_bilinear,
     resize_bilinear_mapped,
+    resize_bilinear_mapped_argmax,
+    resize_bilinear_mapped_argmax_reference,
     resize_bilinear_mapped_reference,
     resize_bilinear_reference,
 )
@@ -131,3 +133,28 @@ def test_resize_bilinear_mapped_hits_grid_points_exactly():
     out = np.empty((1, 11, 13, 3), dtype=np.float32)
     resize_bilinear_mapped(x, out, 0.5, 0.0, 0.5, 0.0)
     np.testing.assert_array_equal(out[:, ::2, ::2], x)
+
+
+def test_resize_bilinear_mapped_argmax():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 9, 7, 21)).astype(np.float32)
+    x[0, :, :, 5] = x[0, :, :, 2] = 9.0                 # exact ties everywhere: lowest index wins
+    Ho, Wo = 40, 31
+    args = (0.21, -0.1, 0.2, -0.05)
+    labels = np.full((2, Ho, Wo), -1, dtype=np.int64)
+    got = resize_bilinear_mapped_argmax(x, labels, *args)
+    assert got is labels
+    assert np.all(got[0] == 2)
+    ref = resize_bilinear_mapped_argmax_reference(x, (Ho, Wo), *args)
+    assert np.mean(got != ref) < 2e-3                   # float32 vs float64 blend: near-ties only
+    scores = np.empty((2, Ho, Wo, 21), dtype=np.float32)
+    resize_bilinear_mapped(x, scores, *args)
+    assert np.mean(got != scores.argmax(-1)) < 2e-3    # same maths, other rounding order
+    big = np.empty((1, 3000, 4000), dtype=np.int64)      # a 12-megapixel label map
+    y = np.linspace(-1, 1, 25, dtype=np.float32)[:, None] * np.ones((1, 33), np.float32)
+    ramp = np.ascontiguousarray(np.stack([y, -y], axis=-1)[None])   # class 1 on top, 0 below
+    resize_bilinear_mapped_argmax(ramp, big, 24 / 2999, 0.0, 32 / 3999, 0.0)
+    rows = big[0, :, 0]
+    assert np.all(big == rows[None, :, None]) and np.all(np.diff(rows) <= 0)
+    assert rows[0] == 1 and rows[-1] == 0
+    assert 1490 <= np.argmin(rows) <= 1510                # flips in the middle

@@ -239,7 +239,7 @@ class Model:
         network's exact stride geometry.
         """
         from .images import load_image
-        from .preprocess import logits_to_image_labels
+        from .postprocess import logits_to_image_labels
 
         if self.task != "segmentation":
             raise InputError(f"segment() needs a semantic-segmentation checkpoint; this one is "

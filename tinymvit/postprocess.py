@@ -13,13 +13,13 @@
   with symmetric padding (MobileViT, even sizes) or TF-SAME padding on odd sizes
   (MobileNetV2, ``h = OS*k + 1``) logit pixel ``i`` is centred on input pixel ``OS*i``,
   so the logit coordinate is ``y_in / OS``.  The logits are sampled there bilinearly
-  (:func:`tinymvit.kernels.resize.resize_bilinear_mapped`), row chunk by row chunk so
-  that a large photo never needs a full (H, W, C) float buffer, then argmax.
+  and argmaxed in one pass (:func:`tinymvit.kernels.resize.resize_bilinear_mapped_argmax`),
+  so a large photo never needs a full (H, W, C) float buffer.
 """
 import numpy as np
 
 from .errors import InputError
-from tinymvit.kernels.resize import resize_bilinear, resize_bilinear_mapped
+from tinymvit.kernels.resize import resize_bilinear, resize_bilinear_mapped_argmax
 
 __all__ = ["softmax", "top_k", "label_name", "post_process_semantic_segmentation",
            "logits_to_image_labels"]
@@ -93,7 +93,7 @@ def post_process_semantic_segmentation(logits, target_sizes=None, return_scores=
     return results
 
 
-def logits_to_image_labels(logits_nhwc, meta, output_stride=None, chunk_elements=1 << 22):
+def logits_to_image_labels(logits_nhwc, meta, output_stride=None):
     """Label map of the ORIGINAL image from segmentation logits of the whole-image input.
 
     logits_nhwc: (1, hl, wl, C) float32 logits of the input made by
@@ -108,16 +108,9 @@ def logits_to_image_labels(logits_nhwc, meta, output_stride=None, chunk_elements
         raise InputError(f"logits must be (1, h, w, C) channels-last, got shape {x.shape}")
     os_ = int(output_stride if output_stride is not None else meta.output_stride)
     (H, W), (h, w) = meta.original_size, meta.input_size
-    C = x.shape[3]
     # original pixel v -> model input y_in = (v + 0.5) * h / H - 0.5 -> logits y_in / OS
     scale_y, offset_y = h / (H * os_), (0.5 * h / H - 0.5) / os_
     scale_x, offset_x = w / (W * os_), (0.5 * w / W - 0.5) / os_
-    labels = np.empty((H, W), dtype=np.int64)
-    rows = max(1, min(H, chunk_elements // max(1, W * C)))
-    buf = np.empty((1, rows, W, C), dtype=np.float32)                   # (1, rows, W, C)
-    for r0 in range(0, H, rows):
-        n = min(rows, H - r0)
-        part = buf[:, :n]                                               # C-contiguous prefix
-        resize_bilinear_mapped(x, part, scale_y, offset_y + r0 * scale_y, scale_x, offset_x)
-        labels[r0:r0 + n] = np.argmax(part[0], axis=-1)                 # (n, W)
-    return labels
+    labels = np.empty((1, H, W), dtype=np.int64)                        # (1, H, W)
+    resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_x)
+    return labels[0]                                                    # (H, W)

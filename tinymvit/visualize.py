@@ -121,11 +121,17 @@ def overlay(image_rgb, labels, id2label=None, alpha=0.5):
     n = int(labels.max()) + 1 if labels.size else 1
     pal = palette(n)                                                  # (n, 3)
     untinted_background = label_name(id2label, 0).strip().lower() == "background"
-    tint = labels != 0 if untinted_background else np.ones(labels.shape, dtype=bool)  # (H, W)
-
-    blended = photo.astype(np.float64)
-    blended[tint] = (1.0 - alpha) * blended[tint] + alpha * pal[labels[tint]]
-    out = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    weight = np.full(n, alpha)                                        # (n,) tint per class
+    if untinted_background:
+        weight[0] = 0.0
+    colour = pal * weight[:, None]                                    # (n, 3) alpha * palette
+    blended = np.empty_like(photo)                                    # (H, W, 3) uint8
+    rows = max(1, (1 << 20) // max(1, photo.shape[1]))                # row chunks: small temps
+    for r0 in range(0, photo.shape[0], rows):
+        lab = labels[r0:r0 + rows]                                    # (r, W)
+        mix = photo[r0:r0 + rows] * (1.0 - weight[lab])[..., None] + colour[lab]  # float64
+        blended[r0:r0 + rows] = np.clip(np.rint(mix), 0, 255)
+    out = Image.fromarray(blended)
 
     entries = [dict(index=f["index"], label=f["label"],
                     color=tuple(int(v) for v in pal[f["index"]]))
@@ -138,9 +144,17 @@ def overlay(image_rgb, labels, id2label=None, alpha=0.5):
     return out
 
 
+def _default_font(short_side):
+    """Pillow's default font, a little larger on large images when FreeType allows it."""
+    try:
+        return ImageFont.load_default(size=max(10, round(short_side / 45)))
+    except (TypeError, ImportError, OSError):      # Pillow < 10.1 or no FreeType: bitmap font
+        return ImageFont.load_default()
+
+
 def _draw_legend(im, entries, margin=6, pad=4, gap=4):
     """Draw the legend box inside ``im`` if it fits, else on a strip below it."""
-    font = ImageFont.load_default()
+    font = _default_font(min(im.size))
     texts = [_text(font, e["label"]) for e in entries]
     measure = ImageDraw.Draw(im)
     boxes = [measure.textbbox((0, 0), t, font=font) for t in texts]

@@ -61,11 +61,13 @@ def build(g, config, head):
                "logits": None}
     last = 1280 if (config.finegrained_output and config.depth_multiplier < 1.0) else adm(1280)
     if head == "segmentation":
-        # The head reads block 15; conv_1x1's weights are in the checkpoint but its output is
-        # unused by transformers' segmentation model, so we check them and skip the compute.
-        g.store.get("conv_1x1.convolution.weight", (last, ch[-1], 1, 1))
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            g.store.get(f"conv_1x1.normalization.{name}", (last,))
+        # The head reads block 15.  transformers still builds conv_1x1 but never uses its
+        # output here, so we skip the compute; its weights are optional (checkpoints exported
+        # from TF DeepLab graphs lack them) and shape-checked when present.
+        if g.store.has("conv_1x1.convolution.weight"):
+            g.store.get("conv_1x1.convolution.weight", (last, ch[-1], 1, 1))
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                g.store.get(f"conv_1x1.normalization.{name}", (last,))
         outputs["logits"] = mobilenet_v2_deeplab_head(g, x, config)  # -> (N, H/OS, W/OS, labels)
         return outputs
     x = g.conv(x, "conv_1x1", last, bn_eps=eps, act=act)        # -> (N, H/32, W/32, last)
