@@ -25,7 +25,10 @@ What is measured
 ----------------
 1. Steady-state latency.  For every (model, batch, threads) the three runtimes are called
    in rounds, interleaved (tinymvit, torch, ORT; the order rotates every round), on the
-   same random float32 input; warm-up calls are excluded.  The table shows the median
+   same random float32 input, with a 10 ms pause between calls (``--gap-ms``) so that one
+   runtime's spin-waiting worker threads do not slow the next; warm-up calls are
+   excluded.  Rounds stop at ``--rounds`` or when the per-configuration time budget
+   (``--budget``) is spent, whichever comes first.  The table shows the median
    wall time per call, the inter-quartile range in parentheses, and the ratios
    tinymvit/PyTorch and tinymvit/ORT of the medians (below 1 means tinymvit is faster).
    Threads: ``torch.set_num_threads(n)``; ORT ``intra_op_num_threads=n``,
@@ -285,8 +288,10 @@ def time_config(runners, rounds, min_rounds, budget, warmup, gap):
 
     ``warmup`` untimed rounds first; then rounds of one call of each runner, in an order
     rotated every round, until ``rounds`` rounds or the ``budget`` (seconds) is used up
-    (but at least ``min_rounds``).  ``gap`` seconds of sleep between calls let the
-    previous runtime's worker threads go idle.  Returns {name: [seconds per call]}.
+    (but at least ``min_rounds``).  ``gap`` seconds of sleep between calls: torch's and
+    Numba's OpenMP runtimes (two separate libgomp copies) keep their worker threads
+    spin-waiting for ~5 ms after a parallel region, which would steal a core from the next
+    call of the other runtime.  Returns {name: [seconds per call]}.
     """
     names = list(runners)
     for _ in range(warmup):
@@ -410,6 +415,7 @@ def bench_model(name, args, cache_dir, log):
                 # Median of the per-round ratios: adjacent calls share the machine's mood.
                 row["tiny_over_torch_paired"] = statistics.median(
                     a / b for a, b in zip(times["tinymvit"], times["torch"]))
+                row["tiny_over_torch_min"] = stats["tinymvit"]["min"] / stats["torch"]["min"]
             rows.append(row)
             log("   " + format_row(row))
     del sessions, tiny, tm
@@ -610,8 +616,9 @@ def parse_args(argv=None):
                    help="seconds of timed rounds per configuration, doubled for batched "
                         "segmentation (default 4, 1.5 with --quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    p.add_argument("--gap-ms", type=float, default=2.0,
-                   help="sleep between calls so worker threads go idle (default 2 ms)")
+    p.add_argument("--gap-ms", type=float, default=10.0,
+                   help="sleep between calls so the previous runtime's OpenMP workers stop "
+                        "spin-waiting (they spin ~5 ms) (default 10 ms)")
     p.add_argument("--quick", action="store_true", help="fewer rounds, batch 1 only")
     p.add_argument("--no-ort", dest="ort", action="store_false", help="skip ONNX Runtime")
     p.add_argument("--no-startup", dest="startup", action="store_false",

@@ -44,7 +44,7 @@ def fold_batchnorm(w, b, gamma, beta, mean, var, eps):
     return w_f.astype(np.float32), b_f.astype(np.float32)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _affine_rows(x2, scale, shift, out2):
     for m in prange(x2.shape[0]):
         for c in range(x2.shape[1]):

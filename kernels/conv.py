@@ -31,8 +31,8 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from .pointwise import (MR, NR, TILE, micro_tile, prepare_pointwise_weight, stack_buffer_f32,
-                        store_tile, zero_tile, _act_reference)
+from .pointwise import (MR, NR, TILE, _act_reference, copy16, micro_tile,
+                        prepare_pointwise_weight, stack_buffer_f32, store_tile, zero_tile)
 
 
 # ---------------------------------------------------------------- padding arithmetic
@@ -90,7 +90,58 @@ def _plan(m, cin, taps, panels):
     return mc, pg, tb
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+def valid_taps(pos, k, dil, size):
+    """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
+    lo = 0
+    while lo < k and pos + lo * dil < 0:
+        lo += 1
+    hi = k
+    while hi > lo and pos + (hi - 1) * dil >= size:
+        hi -= 1
+    return lo, hi
+
+
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+def _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l):
+    """cols3[r, a*kw + b, :] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, :] (or zeros)
+    for the output pixels m_lo + r = (img, i, j); live[r // MR, tap] |= tap is inside."""
+    _, h, w_in, cin = x.shape
+    taps = kh * kw
+    img = m_lo // (ho * wo)              # pixel (img, i, j) of row 0, then counted up
+    i = (m_lo // wo) % ho
+    j = m_lo % wo
+    for r in range(rows):
+        ih0 = i * stride - pad_t
+        iw0 = j * stride - pad_l
+        a_lo, a_hi = valid_taps(ih0, kh, dil, h)
+        b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
+        if a_hi - a_lo < kh or b_hi - b_lo < kw:       # near the border: zeros first
+            for t in range(taps):
+                for c in range(cin):
+                    cols3[r, t, c] = np.float32(0.0)
+        for a in range(a_lo, a_hi):
+            ih = ih0 + a * dil
+            for b in range(b_lo, b_hi):
+                iw = iw0 + b * dil
+                t = a * kw + b
+                live[r // MR, t] = True
+                if cin == 3:        # RGB stem: fixed length avoids the vector-loop set-up
+                    for c in range(3):
+                        cols3[r, t, c] = x[img, ih, iw, c]
+                else:
+                    for c in range(cin):
+                        cols3[r, t, c] = x[img, ih, iw, c]
+        j += 1
+        if j == wo:
+            j = 0
+            i += 1
+            if i == ho:
+                i = 0
+                img += 1
+
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, pg, tb):
     n_img, h, w_in, cin = x.shape        # x (N, H, W, Cin)
     m_total, n_total = out2.shape        # out2 (N*Ho*Wo, Cout)
@@ -104,29 +155,14 @@ def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, 
         group = job - chunk * n_groups
         m_lo = chunk * mc
         rows = min(mc, m_total - m_lo)
-        cols = np.empty((mc, taps * cin), np.float32)      # im2col rows of this chunk
+        cols3 = np.empty((mc, taps, cin), np.float32)      # im2col rows of this chunk
+        cols = cols3.reshape((mc, taps * cin))             # the same, as GEMM rows (MC, K)
         live = np.zeros((n_tiles, taps), np.bool_)         # tap reads real input for the tile?
         part = np.empty((mc, NR), np.float32)              # partial sums between K-blocks
         acc = stack_buffer_f32(TILE)
 
         # 1. gather the im2col rows (zeros in the padding) and the live-tap table
-        for r in range(rows):
-            m = m_lo + r
-            img = m // (ho * wo)
-            i = (m // wo) % ho
-            j = m % wo
-            for a in range(kh):
-                ih = i * stride - pad_t + a * dil
-                for b in range(kw):
-                    iw = j * stride - pad_l + b * dil
-                    t = a * kw + b
-                    if 0 <= ih < h and 0 <= iw < w_in:
-                        live[r // MR, t] = True
-                        for c in range(cin):
-                            cols[r, t * cin + c] = x[img, ih, iw, c]
-                    else:
-                        for c in range(cin):
-                            cols[r, t * cin + c] = np.float32(0.0)
+        _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l)
 
         # 2. GEMM: for each panel, K-blocks of tb taps, 4 x 16 tiles over the chunk
         last = rows - 1
@@ -140,9 +176,9 @@ def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, 
                     tile = r0 // MR
                     if t_lo == 0:
                         zero_tile(acc)
-                    else:
-                        for t in range(TILE):
-                            acc[t] = part[r0 + t // NR, t % NR]
+                    else:                                  # resume the partial sums
+                        for q in range(MR):
+                            copy16(acc, q * NR, part, (r0 + q) * NR)
                     # runs of consecutive live taps -> one micro-kernel call each
                     t = t_lo
                     while t < t_hi:
@@ -159,8 +195,8 @@ def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, 
                         store_tile(acc, min(MR, rows - r0), ncols, out2, m_lo + r0, n0,
                                    bias, act, out2, False)
                     else:
-                        for t in range(TILE):
-                            part[r0 + t // NR, t % NR] = acc[t]
+                        for q in range(MR):
+                            copy16(part, (r0 + q) * NR, acc, q * NR)
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import apply_act
-from .conv import pad_for_output
+from .conv import pad_for_output, valid_taps
 from .pointwise import _act_reference, copy16, fma16, stack_buffer_f32
 
 CB = 16   # channels per register block (2 AVX2 vectors)
@@ -36,19 +36,7 @@ def prepare_depthwise_weight(w):
     return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))      # (kh, kw, C)
 
 
-@njit(inline="always", fastmath=True, cache=True)
-def _valid_taps(pos, k, dil, size):
-    """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
-    lo = 0
-    while lo < k and pos + lo * dil < 0:
-        lo += 1
-    hi = k
-    while hi > lo and pos + (hi - 1) * dil >= size:
-        hi -= 1
-    return lo, hi
-
-
-@njit(inline="always", fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def _pixels(x, wp, bias, act, out, n, i, j, npix, c0, ih0, iw0, stride, dil,
             a_lo, a_hi, b_lo, b_hi, acc):
     """out[n, i, j:j+npix, c0:c0+16] for ``npix`` (1 or PIX) neighbouring output pixels.
@@ -76,7 +64,7 @@ def _pixels(x, wp, bias, act, out, n, i, j, npix, c0, ih0, iw0, stride, dil,
         copy16(out, o + q * c, acc, q * CB)
 
 
-@njit(inline="always", fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def _pixel_tail(x, wp, bias, act, out, n, i, j, c_lo, ih0, iw0, dil, a_lo, a_hi, b_lo, b_hi):
     """Channels c_lo.. (fewer than 16) of one output pixel, one at a time."""
     for ch in range(c_lo, x.shape[3]):
@@ -87,7 +75,7 @@ def _pixel_tail(x, wp, bias, act, out, n, i, j, c_lo, ih0, iw0, dil, a_lo, a_hi,
         out[n, i, j, ch] = apply_act(v, act)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
     n_img, h, w_in, c = x.shape          # x (N, H, W, C)
     _, ho, wo, _ = out.shape             # out (N, Ho, Wo, C)
@@ -101,7 +89,7 @@ def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
         i = row - n * ho
         acc = stack_buffer_f32(ACC)
         ih0 = i * stride - pad_t
-        a_lo, a_hi = _valid_taps(ih0, kh, dil, h)
+        a_lo, a_hi = valid_taps(ih0, kh, dil, h)
         j = 0
         while j < wo:
             iw0 = j * stride - pad_l
@@ -115,7 +103,7 @@ def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
                                     iw0 + q * stride, dil, a_lo, a_hi, 0, kw)
                 j += PIX
             else:                                             # one pixel near the border
-                b_lo, b_hi = _valid_taps(iw0, kw, dil, w_in)
+                b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
                 for c0 in range(0, c_main, CB):
                     _pixels(x, wp, bias, act, out, n, i, j, 1, c0, ih0, iw0, stride, dil,
                             a_lo, a_hi, b_lo, b_hi, acc)

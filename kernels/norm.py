@@ -10,8 +10,10 @@ sample, taken over all ``P*N*d`` values, then a per-channel affine::
 MobileViT (v1) uses an ordinary ``LayerNorm(h)``: the same formula, but the
 statistics are taken per token (per row of the last axis).
 
-Statistics are accumulated in float64 and the variance is computed in a second
-pass around the mean (two-pass), so no precision is lost to cancellation.
+Statistics are accumulated in float64 and every variance is a sum of squared
+deviations from an already known mean (two-pass), so no precision is lost to
+cancellation.  GroupNorm works on chunks of rows in parallel and merges the
+per-chunk (count, mean, M2) triples with Chan et al.'s exact formula.
 """
 import numpy as np
 from numba import njit, prange
@@ -25,9 +27,12 @@ def _group_norm1_kernel(x, gamma, beta, eps, out):
     B, M, C = x.shape
     n_chunks = (M + _GN_ROWS_PER_TASK - 1) // _GN_ROWS_PER_TASK
     n_tasks = B * n_chunks
-    partial = np.zeros(n_tasks, np.float64)  # (B * n_chunks,) partial sums
+    chunk_mean = np.empty(n_tasks, np.float64)  # (B * n_chunks,)
+    chunk_m2 = np.empty(n_tasks, np.float64)    # (B * n_chunks,) sum of squared deviations
+    chunk_count = np.empty(n_tasks, np.float64)  # (B * n_chunks,) values in the chunk
 
-    # pass 1: partial sums -> per-sample mean
+    # pass 1: exact two-pass mean and squared deviations of each chunk of rows
+    # (the chunk is small, so its second read comes from cache)
     for task in prange(n_tasks):
         b = task // n_chunks
         m0 = (task % n_chunks) * _GN_ROWS_PER_TASK
@@ -36,41 +41,45 @@ def _group_norm1_kernel(x, gamma, beta, eps, out):
         for m in range(m0, m1):
             for c in range(C):
                 acc += np.float64(x[b, m, c])
-        partial[task] = acc
-    count = np.float64(M) * np.float64(C)
-    mean = np.empty(B, np.float64)  # (B,)
-    for b in range(B):
-        mean[b] = partial[b * n_chunks:(b + 1) * n_chunks].sum() / count
-
-    # pass 2: partial sums of squared deviations -> per-sample variance
-    for task in prange(n_tasks):
-        b = task // n_chunks
-        m0 = (task % n_chunks) * _GN_ROWS_PER_TASK
-        m1 = min(M, m0 + _GN_ROWS_PER_TASK)
-        mu = mean[b]
+        count = np.float64((m1 - m0) * C)
+        mu = acc / count
         acc = 0.0
         for m in range(m0, m1):
             for c in range(C):
                 dev = np.float64(x[b, m, c]) - mu
                 acc += dev * dev
-        partial[task] = acc
+        chunk_mean[task] = mu
+        chunk_m2[task] = acc
+        chunk_count[task] = count
+
+    # combine the chunks of each sample (Chan et al.'s parallel variance formula):
+    #   mean = sum_k n_k mean_k / n,   M2 = sum_k (M2_k + n_k (mean_k - mean)^2)
     mean32 = np.empty(B, np.float32)  # (B,)
     rstd32 = np.empty(B, np.float32)  # (B,)
+    total = np.float64(M) * np.float64(C)
     for b in range(B):
-        var = partial[b * n_chunks:(b + 1) * n_chunks].sum() / count
-        mean32[b] = np.float32(mean[b])
-        rstd32[b] = np.float32(1.0 / np.sqrt(var + eps))
+        k0 = b * n_chunks
+        mu = 0.0
+        for k in range(k0, k0 + n_chunks):
+            mu += chunk_count[k] * chunk_mean[k]
+        mu /= total
+        m2 = 0.0
+        for k in range(k0, k0 + n_chunks):
+            dm = chunk_mean[k] - mu
+            m2 += chunk_m2[k] + chunk_count[k] * dm * dm
+        mean32[b] = np.float32(mu)
+        rstd32[b] = np.float32(1.0 / np.sqrt(m2 / total + eps))
 
-    # pass 3: normalise and apply the per-channel affine (out may alias x)
+    # pass 2: normalise and apply the per-channel affine (out may alias x)
     for task in prange(n_tasks):
         b = task // n_chunks
         m0 = (task % n_chunks) * _GN_ROWS_PER_TASK
         m1 = min(M, m0 + _GN_ROWS_PER_TASK)
-        mu = mean32[b]
-        rs = rstd32[b]
+        mu32 = mean32[b]
+        rs32 = rstd32[b]
         for m in range(m0, m1):
             for c in range(C):
-                out[b, m, c] = (x[b, m, c] - mu) * (rs * gamma[c]) + beta[c]
+                out[b, m, c] = (x[b, m, c] - mu32) * (rs32 * gamma[c]) + beta[c]
 
 
 @njit(parallel=True, fastmath=True, cache=True)

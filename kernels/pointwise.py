@@ -31,6 +31,10 @@ How it is made fast (the GEMM "micro-kernel" idea of GotoBLAS/BLIS):
 Rows past the end of ``x`` are handled by re-reading the last row (clamping)
 and not storing the extra results; columns past Cout read the zero padding of
 the last panel and are not stored.
+
+All kernels of this family are compiled with ``error_model="numpy"``: a float
+division (the one in SiLU) then never raises, so the fused epilogue stays
+vectorisable.
 """
 import numpy as np
 from llvmlite import ir
@@ -153,7 +157,7 @@ def copy16(typingctx, dst, di, src, si):
 
 
 # ---------------------------------------------------------------- micro-kernel
-@njit(inline="always", fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def micro_tile(a, r0, r1, r2, r3, k0, wp, p, kn, acc):
     """acc[16*i + j] += sum_{k<kn} a[r_i, k0+k] * wp[p, k0+k, j]   (i < 4, j < 16).
 
@@ -173,13 +177,13 @@ def micro_tile(a, r0, r1, r2, r3, k0, wp, p, kn, acc):
         axpy16(acc, 3 * NR, a[r3, kk], wp, wi)
 
 
-@njit(inline="always", fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def zero_tile(acc):
     for t in range(TILE):
         acc[t] = np.float32(0.0)
 
 
-@njit(inline="always", fastmath=True, cache=True)
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def store_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
     """out[m0+i, n0+j] = act(acc[16*i + j] + bias[n0+j]) (+ res[m0+i, n0+j]), i<nrows, j<ncols.
 
@@ -226,7 +230,7 @@ def plan_jobs(m, k, panels, n_threads_hint=2):
 
 
 # ---------------------------------------------------------------- the kernel
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _pointwise_kernel(x, wp, bias, act, out, res, has_res, mc, pg):
     m_total, k = x.shape                 # x (M, K)
     n_total = out.shape[1]               # out (M, N)

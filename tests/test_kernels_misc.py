@@ -61,6 +61,17 @@ def test_group_norm1_matches_reference(shape, eps, scale, shift):
     assert_close(y, want)
 
 
+def test_group_norm1_rows_with_different_means():
+    # row means drift, so the per-chunk means differ and the chunk merge must account for it
+    rng = np.random.default_rng(11)
+    x = randn(rng, (2, 3, 200, 16), 0.1) + np.linspace(-5, 5, 600, dtype=np.float32).reshape(
+        1, 3, 200, 1)
+    gamma, beta = randn(rng, (16,), 1.0, 1.0), randn(rng, (16,))
+    out = np.empty_like(x)
+    group_norm1(x, gamma, beta, 1e-5, out)
+    assert_close(out, group_norm1_reference(x, gamma, beta, 1e-5))
+
+
 LN_CASES = [
     ((5, 7), 1e-5, 1.0, 0.0),
     ((3, 16, 144), 1e-5, 2.0, 5.0),

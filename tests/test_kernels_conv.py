@@ -1,0 +1,271 @@
+"""Convolution kernel family: pointwise (1x1 / linear), depthwise, full kxk conv, batch norm.
+
+Every Numba kernel is compared with its plain NumPy reference on many random
+shapes (tails of the 4 x 16 register tiles, Cout = 1, K = 1, batch > 1, strides,
+dilations larger than the map, symmetric and TF-"SAME" padding, every
+activation, residual modes).  The references and the padding helpers are in
+turn checked against PyTorch / transformers when those are installed.
+"""
+import numpy as np
+import pytest
+
+from tinymvit.kernels import batchnorm, conv, depthwise, pointwise
+from tinymvit.kernels.activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU
+
+ACTS = (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU)
+TOL = 1e-5          # max |kernel - reference| relative to max |reference|
+
+
+def rel_err(got, ref):
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.isfinite(got).all()
+    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-6))
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def pads_for(n, k, stride, dilation, tf):
+    return conv.tf_same_pads(n, k, stride, dilation) if tf else conv.symmetric_pads(k, dilation)
+
+
+def out_size(n, k, stride, dilation, tf):
+    return conv.conv_out_size(n, k, stride, dilation, *pads_for(n, k, stride, dilation, tf))
+
+
+# ------------------------------------------------------------------ pointwise
+POINTWISE_SHAPES = [  # (leading dims of x, Cin, Cout)
+    ((1,), 1, 1), ((1,), 512, 1000), ((3,), 7, 5), ((4,), 16, 16), ((5,), 33, 17),
+    ((37,), 19, 33), ((64,), 64, 32), ((130,), 3, 48), ((2, 5, 7), 24, 40),
+    ((1, 9, 11), 64, 130), ((2, 6, 6), 96, 257), ((257,), 128, 1), ((1, 16, 16), 32, 64),
+    ((3, 2, 4, 5), 10, 31), ((600,), 1, 20),
+]
+
+
+@pytest.mark.parametrize("lead,cin,cout", POINTWISE_SHAPES)
+def test_pointwise_matches_reference(lead, cin, cout):
+    rng = np.random.default_rng(cin * 1000 + cout)
+    x = randn(rng, *lead, cin)                                        # (..., Cin)
+    w = randn(rng, cout, cin, scale=1 / np.sqrt(cin))                 # (Cout, Cin)
+    b = randn(rng, cout, scale=0.5)
+    wp = pointwise.prepare_pointwise_weight(w)
+    for act in ACTS:
+        for mode in ("none", "separate", "inplace"):
+            res = randn(rng, *lead, cout)
+            if mode == "inplace":
+                out = res.copy()
+                residual = out                                        # residual is out
+            else:
+                out = np.full(lead + (cout,), np.nan, np.float32)
+                residual = res if mode == "separate" else None
+            got = pointwise.pointwise_conv(x, wp, b, act, out, residual)
+            assert got is out
+            ref = pointwise.pointwise_reference(x, w, b, act, None if mode == "none" else res)
+            assert rel_err(out, ref) < TOL, (act, mode)
+
+
+def test_pointwise_weight_layouts_agree():
+    rng = np.random.default_rng(7)
+    w = randn(rng, 20, 9)
+    assert np.array_equal(pointwise.prepare_pointwise_weight(w),
+                          pointwise.prepare_pointwise_weight(w[:, :, None, None]))
+    wp = pointwise.prepare_pointwise_weight(w)
+    assert wp.shape == (2, 9, 16)                                     # 2 panels, zero padded
+    assert np.array_equal(wp[1, :, 4:], np.zeros((9, 12), np.float32))
+    assert np.array_equal(wp[1, :, :4], w[16:].T)
+
+
+def test_pointwise_reference_is_plain_matmul():
+    rng = np.random.default_rng(8)
+    x, w, b = randn(rng, 6, 5), randn(rng, 3, 5), randn(rng, 3)
+    ref = pointwise.pointwise_reference(x, w, b, ACT_RELU, residual=np.ones((6, 3), np.float32))
+    expect = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + b, 0) + 1
+    np.testing.assert_allclose(ref, expect, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ depthwise
+DEPTHWISE_CASES = [  # (N, H, W, C, k, stride, dilation, tf_padding)
+    (1, 8, 8, 16, 3, 1, 1, False), (1, 17, 13, 40, 3, 1, 1, True), (2, 16, 16, 64, 3, 2, 1, True),
+    (1, 15, 9, 64, 3, 2, 1, True), (1, 15, 9, 24, 3, 2, 1, False), (1, 9, 9, 35, 3, 1, 4, False),
+    (1, 5, 6, 16, 3, 1, 6, False), (1, 3, 3, 48, 3, 1, 12, True), (1, 8, 8, 21, 5, 2, 2, True),
+    (1, 30, 30, 48, 3, 1, 1, False), (1, 31, 31, 32, 3, 2, 1, True), (2, 12, 20, 7, 3, 1, 2, True),
+    (1, 4, 4, 1, 3, 1, 1, False), (1, 11, 23, 96, 5, 1, 1, False), (1, 33, 33, 80, 3, 1, 4, True),
+    (1, 2, 2, 40, 3, 2, 1, True), (1, 1, 1, 16, 3, 1, 1, False), (3, 10, 10, 17, 1, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,stride,dil,tf", DEPTHWISE_CASES)
+def test_depthwise_matches_reference(n, h, w, c, k, stride, dil, tf):
+    rng = np.random.default_rng(h * 100 + w * 10 + c)
+    x = randn(rng, n, h, w, c)                                        # (N, H, W, C)
+    wt = randn(rng, c, 1, k, k, scale=1 / k)                          # (C, 1, k, k)
+    b = randn(rng, c, scale=0.5)
+    wp = depthwise.prepare_depthwise_weight(wt)
+    (top, _), (left, _) = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
+    ho, wo = out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf)
+    for act in ACTS:
+        out = np.full((n, ho, wo, c), np.nan, np.float32)
+        got = depthwise.depthwise_conv(x, wp, b, stride, dil, top, left, act, out)
+        assert got is out
+        ref = depthwise.depthwise_reference(x, wt, b, stride, dil, top, left, act, (ho, wo))
+        assert rel_err(out, ref) < TOL, act
+
+
+# ------------------------------------------------------------------ full conv
+CONV_CASES = [  # (N, H, W, Cin, Cout, k, stride, dilation, tf_padding)
+    (1, 17, 13, 3, 32, 3, 2, 1, True), (1, 16, 16, 3, 16, 3, 2, 1, False),
+    (2, 9, 7, 5, 17, 3, 1, 1, False), (1, 10, 10, 35, 40, 3, 1, 2, True),
+    (1, 12, 12, 16, 1, 3, 1, 6, False), (1, 8, 8, 24, 48, 3, 1, 12, False),
+    (1, 6, 5, 20, 16, 3, 1, 18, False), (1, 32, 32, 64, 24, 3, 1, 12, False),
+    (1, 9, 9, 130, 33, 3, 1, 1, False), (1, 6, 6, 600, 20, 3, 1, 1, False),
+    (2, 7, 9, 12, 20, 1, 1, 1, False), (1, 11, 11, 8, 12, 5, 2, 1, True),
+    (1, 4, 4, 1, 5, 3, 1, 1, False), (1, 1, 1, 40, 16, 3, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("n,h,w,cin,cout,k,stride,dil,tf", CONV_CASES)
+def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
+    rng = np.random.default_rng(cin * 100 + cout + dil)
+    x = randn(rng, n, h, w, cin)                                      # (N, H, W, Cin)
+    wt = randn(rng, cout, cin, k, k, scale=1 / np.sqrt(cin * k * k))  # (Cout, Cin, k, k)
+    b = randn(rng, cout, scale=0.5)
+    wp = conv.prepare_conv_weight(wt)
+    (top, _), (left, _) = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
+    ho, wo = out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf)
+    for act in ACTS:
+        out = np.full((n, ho, wo, cout), np.nan, np.float32)
+        got = conv.conv2d(x, wp, b, stride, dil, top, left, act, out)
+        assert got is out
+        ref = conv.conv2d_reference(x, wt, b, stride, dil, top, left, act, (ho, wo))
+        assert rel_err(out, ref) < TOL, act
+
+
+def test_conv2d_1x1_equals_pointwise():
+    rng = np.random.default_rng(3)
+    x, wt, b = randn(rng, 2, 5, 6, 20), randn(rng, 18, 20, 1, 1), randn(rng, 18)
+    a = conv.conv2d(x, conv.prepare_conv_weight(wt), b, 1, 1, 0, 0, ACT_SILU,
+                    np.empty((2, 5, 6, 18), np.float32))
+    p = pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wt), b, ACT_SILU,
+                                 np.empty((2, 5, 6, 18), np.float32))
+    np.testing.assert_allclose(a, p, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_helpers_known_values():
+    # spec 4.2: 3x3 s2 even n -> (0, 1); odd n -> (1, 1); 3x3 s1 dilation d -> (d, d); 1x1 -> 0
+    assert conv.tf_same_pads(224, 3, 2, 1) == (0, 1)
+    assert conv.tf_same_pads(225, 3, 2, 1) == (1, 1)
+    assert conv.tf_same_pads(33, 3, 1, 4) == (4, 4)
+    assert conv.tf_same_pads(7, 1, 1, 1) == (0, 0)
+    assert conv.symmetric_pads(3, 6) == (6, 6) and conv.symmetric_pads(1, 1) == (0, 0)
+    for n in (224, 225, 13, 7, 1):                  # stride 2 always gives ceil(n / 2)
+        assert out_size(n, 3, 2, 1, True) == out_size(n, 3, 2, 1, False) == -(-n // 2)
+
+
+# ------------------------------------------------------------------ batch norm
+def _bn_params(rng, c):
+    return (randn(rng, c, scale=0.5) + 1, randn(rng, c, scale=0.3), randn(rng, c, scale=0.5),
+            rng.uniform(0.2, 2.0, c).astype(np.float32))             # gamma, beta, mean, var
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_batchnorm_kernel_matches_reference(eps):
+    rng = np.random.default_rng(11)
+    x = randn(rng, 2, 5, 7, 19)
+    gamma, beta, mean, var = _bn_params(rng, 19)
+    out = batchnorm.batchnorm(x, gamma, beta, mean, var, eps, np.empty_like(x))
+    ref = batchnorm.batchnorm_reference(x, gamma, beta, mean, var, eps)
+    assert rel_err(out, ref) < TOL
+    by_hand = (x.astype(np.float64)[..., 3] - mean[3]) / np.sqrt(var[3] + eps) * gamma[3] + beta[3]
+    np.testing.assert_allclose(ref[..., 3], by_hand, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fold_batchnorm_is_exact(with_bias):
+    rng = np.random.default_rng(12 + with_bias)
+    eps = 1e-3
+    x = randn(rng, 1, 9, 10, 12)
+    # full conv + BN
+    wt = randn(rng, 20, 12, 3, 3, scale=1 / 6)
+    b = randn(rng, 20) if with_bias else None
+    bn = _bn_params(rng, 20)
+    y = conv.conv2d_reference(x, wt, np.zeros(20) if b is None else b, 1, 1, 1, 1, ACT_NONE, (9, 10))
+    expect = batchnorm.batchnorm_reference(y, *bn, eps)
+    wf, bf = batchnorm.fold_batchnorm(wt, b, *bn, eps)
+    assert wf.dtype == bf.dtype == np.float32 and wf.shape == wt.shape and bf.shape == (20,)
+    assert rel_err(conv.conv2d_reference(x, wf, bf, 1, 1, 1, 1, ACT_NONE, (9, 10)), expect) < 1e-6
+    got = conv.conv2d(x, conv.prepare_conv_weight(wf), bf, 1, 1, 1, 1, ACT_NONE,
+                      np.empty((1, 9, 10, 20), np.float32))
+    assert rel_err(got, expect) < TOL
+    # depthwise + BN
+    wd = randn(rng, 12, 1, 3, 3, scale=1 / 3)
+    bn = _bn_params(rng, 12)
+    y = depthwise.depthwise_reference(x, wd, np.zeros(12), 2, 1, 0, 0, ACT_NONE, (5, 5))
+    expect = batchnorm.batchnorm_reference(y, *bn, eps)
+    wf, bf = batchnorm.fold_batchnorm(wd, None, *bn, eps)
+    got = depthwise.depthwise_conv(x, depthwise.prepare_depthwise_weight(wf), bf, 2, 1, 0, 0,
+                                   ACT_NONE, np.empty((1, 5, 5, 12), np.float32))
+    assert rel_err(got, expect) < TOL
+    # 1x1 conv + BN
+    wq = randn(rng, 7, 12, 1, 1, scale=0.3)
+    bn = _bn_params(rng, 7)
+    expect = batchnorm.batchnorm_reference(pointwise.pointwise_reference(x, wq, np.zeros(7), 0),
+                                           *bn, eps)
+    wf, bf = batchnorm.fold_batchnorm(wq, None, *bn, eps)
+    got = pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wf), bf, ACT_NONE,
+                                   np.empty((1, 9, 10, 7), np.float32))
+    assert rel_err(got, expect) < TOL
+
+
+# ------------------------------------------------------------------ against PyTorch
+def _torch_conv(torch, x, w, b, stride, dil, pads_h, pads_w, groups):
+    """NHWC numpy -> torch conv2d (float64) after explicit F.pad -> NHWC numpy."""
+    F = torch.nn.functional
+    xt = torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2)
+    xt = F.pad(xt, (pads_w[0], pads_w[1], pads_h[0], pads_h[1]))
+    y = F.conv2d(xt, torch.from_numpy(w.astype(np.float64)), torch.from_numpy(b.astype(np.float64)),
+                 stride=stride, padding=0, dilation=dil, groups=groups)
+    return y.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "full"])
+def test_references_match_torch(kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    cases = [(1, 13, 10, 3, 1, 1, False), (2, 15, 8, 3, 2, 1, True), (1, 7, 9, 3, 1, 4, True),
+             (1, 6, 6, 3, 1, 12, False), (1, 11, 12, 5, 2, 2, True), (1, 16, 16, 3, 2, 1, True)]
+    for n, h, w, k, stride, dil, tf in cases:
+        c = 6
+        x = randn(rng, n, h, w, c)
+        if kind == "depthwise":
+            wt, groups, cout = randn(rng, c, 1, k, k), c, c
+        else:
+            wt, groups, cout = randn(rng, 5, c, k, k), 1, 5
+        b = randn(rng, cout)
+        ph, pw = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
+        expect = _torch_conv(torch, x, wt, b, stride, dil, ph, pw, groups)
+        out_hw = (out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf))
+        assert expect.shape[1:3] == out_hw
+        ref_fn = depthwise.depthwise_reference if kind == "depthwise" else conv.conv2d_reference
+        ref = ref_fn(x, wt, b, stride, dil, ph[0], pw[0], ACT_NONE, out_hw)
+        assert rel_err(ref, expect) < 1e-6
+
+
+def test_padding_helpers_match_torch_and_transformers():
+    torch = pytest.importorskip("torch")
+    mnv2 = pytest.importorskip("transformers.models.mobilenet_v2.modeling_mobilenet_v2")
+    for n in range(1, 20):
+        for k in (1, 3, 5):
+            for stride in (1, 2):
+                for dil in (1, 2, 4):
+                    layer = torch.nn.Conv2d(1, 1, k, stride=stride, dilation=dil, bias=False)
+                    ones = torch.ones(1, 1, n, n)
+                    rows = mnv2.apply_tf_padding(ones, layer)[0, 0].sum(dim=1)   # 0 = padding
+                    nz = torch.nonzero(rows).flatten()
+                    before, after = int(nz[0]), len(rows) - 1 - int(nz[-1])
+                    assert conv.tf_same_pads(n, k, stride, dil) == (before, after), (n, k, stride, dil)
+                    for pb, pa in ((before, after), conv.symmetric_pads(k, dil)):
+                        if n + pb + pa < (k - 1) * dil + 1:
+                            continue                  # torch refuses: kernel larger than input
+                        y = layer(torch.nn.functional.pad(ones, (pb, pa, pb, pa)))
+                        assert conv.conv_out_size(n, k, stride, dil, pb, pa) == y.shape[-1]
