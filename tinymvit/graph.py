@@ -217,32 +217,22 @@ class Fold(Node):
             resize.resize_bilinear(scratch, out, align_corners=False)
 
 
-class GroupNorm1(Node):
-    """GroupNorm with one group over all of a sample's values, per-channel affine."""
+class Norm(Node):
+    """A normalisation with per-channel affine parameters; shape-preserving.
 
-    def __init__(self, name, inputs, output, gamma, beta, eps):
+    kernel: ``norm.group_norm1`` (one group over all of a sample's values, MobileViTV2)
+    or ``norm.layer_norm`` (over the channel axis, per token, MobileViT).
+    """
+
+    def __init__(self, name, inputs, output, kernel, gamma, beta, eps):
         super().__init__(name, inputs, output)
-        self.gamma, self.beta, self.eps = gamma, beta, float(eps)
+        self.kernel, self.gamma, self.beta, self.eps = kernel, gamma, beta, float(eps)
 
     def infer(self, shapes):
         return shapes[0], None
 
     def run(self, ins, out, args, scratch):
-        norm.group_norm1(ins[0], self.gamma, self.beta, self.eps, out)
-
-
-class LayerNorm(Node):
-    """LayerNorm over the channel (last) axis, per token."""
-
-    def __init__(self, name, inputs, output, gamma, beta, eps):
-        super().__init__(name, inputs, output)
-        self.gamma, self.beta, self.eps = gamma, beta, float(eps)
-
-    def infer(self, shapes):
-        return shapes[0], None
-
-    def run(self, ins, out, args, scratch):
-        norm.layer_norm(ins[0], self.gamma, self.beta, self.eps, out)
+        self.kernel(ins[0], self.gamma, self.beta, self.eps, out)
 
 
 class SeparableAttention(Node):
@@ -337,7 +327,7 @@ class Graph:
     (or None) and 'hidden_states' to a list of names.
     """
 
-    def __init__(self, nodes, input_name, outputs, min_size_hint=None):
+    def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
         self._pool, self._lock = {}, threading.Lock()
 
@@ -432,40 +422,29 @@ class GraphBuilder:
                     act_mod.act_code(act))
         return self._add(node, cout)
 
-    def linear(self, x, prefix, cout, backbone=False):
-        """nn.Linear ``<prefix>.weight/.bias`` on an (N, C) vector or (..., C) tokens."""
-        cin = self.channels[x]
-        w = self.store.get(f"{prefix}.weight", (cout, cin), backbone)
-        b = self.store.get(f"{prefix}.bias", (cout,), backbone)
-        node = Conv(prefix, [x], self._new(prefix), "pointwise", np.ascontiguousarray(w),
-                    np.ascontiguousarray(b), 1, 1, 1, "symmetric", act_mod.ACT_NONE)
-        return self._add(node, cout)
+    def linear(self, x, prefix, cout, act=None, residual=None, backbone=True):
+        """nn.Linear ``<prefix>.weight/.bias`` on (N, C) vectors or (..., C) tokens,
+        with activation and residual add fused."""
+        return self.fused_linear(x, prefix, [None], cout, act=act, residual=residual,
+                                 backbone=backbone)
 
-    def fused_linear(self, x, prefix, names, cout_each, bias=True, act=None, residual=None):
-        """Several nn.Linear layers reading the same input, run as one matmul.
+    def fused_linear(self, x, prefix, names, cout_each, bias=True, act=None, residual=None,
+                     backbone=True):
+        """Several nn.Linear layers ``<prefix>.<name>`` reading the same input, as one matmul.
 
-        Outputs are concatenated along channels in ``names`` order; a missing bias
-        (``bias=False``) counts as zeros.
+        Outputs are concatenated along channels in ``names`` order (a name None means
+        ``<prefix>`` itself); ``bias=False`` means zero biases.
         """
         cin = self.channels[x]
-        ws = [self.store.get(f"{prefix}.{n}.weight", (cout_each, cin)) for n in names]
-        bs = [self.store.get(f"{prefix}.{n}.bias", (cout_each,)) if bias
-              else np.zeros(cout_each, np.float32) for n in names]
+        full = [prefix if n is None else f"{prefix}.{n}" for n in names]
+        ws = [self.store.get(f"{p}.weight", (cout_each, cin), backbone) for p in full]
+        bs = [self.store.get(f"{p}.bias", (cout_each,), backbone) if bias
+              else np.zeros(cout_each, np.float32) for p in full]
         inputs = [x] if residual is None else [x, residual]
         node = Conv(prefix, inputs, self._new(prefix), "pointwise",
                     np.ascontiguousarray(np.concatenate(ws)), np.ascontiguousarray(np.concatenate(bs)),
                     1, 1, 1, "symmetric", act_mod.act_code(act))
         return self._add(node, cout_each * len(names))
-
-    def linear_tokens(self, x, prefix, cout, act=None, residual=None):
-        """nn.Linear ``<prefix>.weight/.bias`` applied per token, with act/residual fused."""
-        cin = self.channels[x]
-        w = self.store.get(f"{prefix}.weight", (cout, cin))
-        b = self.store.get(f"{prefix}.bias", (cout,))
-        inputs = [x] if residual is None else [x, residual]
-        node = Conv(prefix, inputs, self._new(prefix), "pointwise", np.ascontiguousarray(w),
-                    np.ascontiguousarray(b), 1, 1, 1, "symmetric", act_mod.act_code(act))
-        return self._add(node, cout)
 
     def global_pool(self, x, name="pool"):
         return self._add(GlobalAvgPool(name, [x], self._new(name)), self.channels[x])
@@ -483,17 +462,19 @@ class GraphBuilder:
         return self._add(Fold(name, [tokens, like], self._new(name), p, mode),
                          self.channels[tokens])
 
-    def group_norm(self, x, prefix, eps):
+    def _norm(self, x, prefix, eps, kernel):
         c = self.channels[x]
         g = self.store.get(f"{prefix}.weight", (c,))
         b = self.store.get(f"{prefix}.bias", (c,))
-        return self._add(GroupNorm1(prefix, [x], self._new(prefix), g, b, eps), c)
+        return self._add(Norm(prefix, [x], self._new(prefix), kernel, g, b, eps), c)
+
+    def group_norm(self, x, prefix, eps):
+        """GroupNorm(1, C) ``<prefix>.weight/.bias`` (MobileViTV2's "layernorm")."""
+        return self._norm(x, prefix, eps, norm.group_norm1)
 
     def layer_norm(self, x, prefix, eps):
-        c = self.channels[x]
-        g = self.store.get(f"{prefix}.weight", (c,))
-        b = self.store.get(f"{prefix}.bias", (c,))
-        return self._add(LayerNorm(prefix, [x], self._new(prefix), g, b, eps), c)
+        """nn.LayerNorm(C) ``<prefix>.weight/.bias``, per token (MobileViT)."""
+        return self._norm(x, prefix, eps, norm.layer_norm)
 
     def separable_attention(self, qkv, prefix):
         d = (self.channels[qkv] - 1) // 2

@@ -26,7 +26,7 @@ def inverted_residual(g, x, prefix, cout, *, stride, dilation, expand_ratio, act
 
 def classifier_head(g, pooled, num_labels):
     """``classifier``: Linear(C -> num_labels) on the pooled features."""
-    return g.linear(pooled, "classifier", num_labels)            # (N, C) -> (N, num_labels)
+    return g.linear(pooled, "classifier", num_labels, backbone=False)  # (N, C) -> (N, labels)
 
 
 def deeplabv3_aspp_head(g, x, config):

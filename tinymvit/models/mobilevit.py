@@ -39,10 +39,10 @@ def mobilevit_layer(g, x, prefix, cout, hidden, depth, dilation, config):
         qkv = g.fused_linear(y, f"{lp}.attention.attention", ["query", "key", "value"], hidden,
                              bias=config.qkv_bias)              # -> (N, P, T, 3*hid)
         a = g.multi_head_attention(qkv, f"{lp}.attention", config.num_attention_heads)
-        t = g.linear_tokens(a, f"{lp}.attention.output.dense", hidden, residual=t)  # t + attn
+        t = g.linear(a, f"{lp}.attention.output.dense", hidden, residual=t)  # t + attn
         y = g.layer_norm(t, f"{lp}.layernorm_after", eps)
-        m = g.linear_tokens(y, f"{lp}.intermediate.dense", mlp, act=act)  # -> (N, P, T, mlp)
-        t = g.linear_tokens(m, f"{lp}.output.dense", hidden, residual=t)  # t + mlp
+        m = g.linear(y, f"{lp}.intermediate.dense", mlp, act=act)  # -> (N, P, T, mlp)
+        t = g.linear(m, f"{lp}.output.dense", hidden, residual=t)  # t + mlp
     t = g.layer_norm(t, f"{prefix}.layernorm", eps)
     fm = g.fold(t, fm, p, mode="resize")                        # -> (N, h, w, hid)
     x = g.conv(fm, f"{prefix}.conv_projection", cout, bn_eps=BN_EPS,
