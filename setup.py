@@ -28,11 +28,11 @@ setup(
     install_requires=["numpy>=1.24", "numba>=0.59", "pillow>=9.1", "safetensors>=0.4"],
     extras_require={
         # golden tests compare against transformers' PyTorch models (CPU build of torch)
-        "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40"],
+        "test": ["pytest>=7", "torch==2.13.0", "transformers==5.23.0"],
         # reading pytorch_model.bin checkpoints (torch.load(weights_only=True))
         "convert": ["torch==2.13.0"],
         # bench.py: PyTorch eager and ONNX Runtime baselines
-        "bench": ["torch==2.13.0", "transformers>=4.40", "onnxruntime", "onnx", "psutil"],
+        "bench": ["torch==2.13.0", "transformers==5.23.0", "onnxruntime", "onnx", "onnxscript"],
     },
     entry_points={"console_scripts": ["tinymvit = tinymvit.cli:main"]},
 )

@@ -31,8 +31,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from .pointwise import (MR, NR, TILE, _act_reference, copy16, micro_tile,
-                        prepare_pointwise_weight, stack_buffer_f32, store_tile, zero_tile)
+from .activations import ACT_NONE, apply_act
+from .pointwise import (MR, NR, TILE, _act_reference, axpy16, copy16, micro_tile, plan_jobs,
+                        prepare_pointwise_weight, stack_buffer_f32, store_partial_tile, zero_tile)
 
 
 # ---------------------------------------------------------------- padding arithmetic
@@ -78,18 +79,6 @@ def prepare_conv_weight(w):
 
 
 # ---------------------------------------------------------------- the kernel
-def _plan(m, cin, taps, panels):
-    """Rows per job MC, panels per job PG, taps per K-block TB (see the module docstring)."""
-    kt = taps * cin
-    mc = max(MR, min(128, (131072 // kt) // MR * MR))  # im2col chunk ~512 KiB: stays in L2
-    mc = min(mc, -(-m // MR) * MR)
-    n_chunks = -(-m // mc)
-    groups = min(panels, max(1, -(-8 // n_chunks)))     # >= 8 jobs when the map is small
-    pg = -(-panels // groups)
-    tb = max(1, 512 // cin)                             # K-block of whole taps, <= ~512 floats
-    return mc, pg, tb
-
-
 @njit(inline="always", fastmath=True, error_model="numpy", cache=True)
 def valid_taps(pos, k, dil, size):
     """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
@@ -141,62 +130,79 @@ def _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_
                 img += 1
 
 
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _conv_job(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, tb,
+              m_lo, p_lo, p_hi):
+    """Output pixels m_lo:m_lo+mc x panels p_lo:p_hi: gather the im2col rows, then GEMM."""
+    cin = x.shape[3]
+    m_total, n_total = out2.shape        # out2 (N*Ho*Wo, Cout)
+    taps = kh * kw
+    rows = min(mc, m_total - m_lo)
+    cols3 = np.empty((mc, taps, cin), np.float32)      # im2col rows of this chunk
+    cols = cols3.reshape((mc, taps * cin))             # the same, as GEMM rows (MC, K)
+    live = np.zeros((mc // MR, taps), np.bool_)        # tap reads real input for the tile?
+    part = np.empty((mc, NR), np.float32)              # partial sums between K-blocks
+    acc = stack_buffer_f32(TILE)
+
+    # 1. gather the im2col rows (zeros in the padding) and the live-tap table
+    _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l)
+
+    # 2. GEMM: for each panel, K-blocks of tb taps, 4 x 16 tiles over the chunk
+    last = rows - 1
+    for p in range(p_lo, p_hi):
+        n0 = p * NR
+        ncols = min(NR, n_total - n0)
+        for t_lo in range(0, taps, tb):
+            t_hi = min(taps, t_lo + tb)
+            for r0 in range(0, rows, MR):
+                tile = r0 // MR
+                if t_lo == 0:
+                    zero_tile(acc)
+                else:                                  # resume the partial sums
+                    for q in range(MR):
+                        copy16(acc, q * NR, part, (r0 + q) * NR)
+                # runs of consecutive live taps -> one micro-kernel call each
+                t = t_lo
+                while t < t_hi:
+                    if not live[tile, t]:
+                        t += 1
+                        continue
+                    t_end = t + 1
+                    while t_end < t_hi and live[tile, t_end]:
+                        t_end += 1
+                    micro_tile(cols, r0, min(r0 + 1, last), min(r0 + 2, last),
+                               min(r0 + 3, last), t * cin, wp, p, (t_end - t) * cin, acc)
+                    t = t_end
+                if t_hi < taps:                        # park the partial sums
+                    for q in range(MR):
+                        copy16(part, (r0 + q) * NR, acc, q * NR)
+                    continue
+                # epilogue as in pointwise._pointwise_job: out = act(acc + bias)
+                nrows = min(MR, rows - r0)
+                if ncols < NR:
+                    store_partial_tile(acc, nrows, ncols, out2, m_lo + r0, n0, bias, act,
+                                       out2, False)
+                    continue
+                for q in range(MR):
+                    axpy16(acc, q * NR, np.float32(1.0), bias, n0)
+                if act != ACT_NONE:
+                    for t in range(TILE):
+                        acc[t] = apply_act(acc[t], act)
+                for q in range(nrows):
+                    copy16(out2, (m_lo + r0 + q) * n_total + n0, acc, q * NR)
+
+
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, pg, tb):
-    n_img, h, w_in, cin = x.shape        # x (N, H, W, Cin)
-    m_total, n_total = out2.shape        # out2 (N*Ho*Wo, Cout)
+    m_total = out2.shape[0]              # x (N, H, W, Cin), out2 (N*Ho*Wo, Cout)
     panels = wp.shape[0]                 # wp (P, kh*kw*Cin, 16)
-    taps = kh * kw
     n_chunks = (m_total + mc - 1) // mc
     n_groups = (panels + pg - 1) // pg
-    n_tiles = mc // MR
-    for job in prange(n_chunks * n_groups):
+    for job in prange(n_chunks * n_groups):   # jobs: (chunk of mc pixels) x (group of pg panels)
         chunk = job // n_groups
         group = job - chunk * n_groups
-        m_lo = chunk * mc
-        rows = min(mc, m_total - m_lo)
-        cols3 = np.empty((mc, taps, cin), np.float32)      # im2col rows of this chunk
-        cols = cols3.reshape((mc, taps * cin))             # the same, as GEMM rows (MC, K)
-        live = np.zeros((n_tiles, taps), np.bool_)         # tap reads real input for the tile?
-        part = np.empty((mc, NR), np.float32)              # partial sums between K-blocks
-        acc = stack_buffer_f32(TILE)
-
-        # 1. gather the im2col rows (zeros in the padding) and the live-tap table
-        _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l)
-
-        # 2. GEMM: for each panel, K-blocks of tb taps, 4 x 16 tiles over the chunk
-        last = rows - 1
-        for p in range(group * pg, min(panels, group * pg + pg)):
-            n0 = p * NR
-            ncols = min(NR, n_total - n0)
-            for t_lo in range(0, taps, tb):
-                t_hi = min(taps, t_lo + tb)
-                final = t_hi == taps
-                for r0 in range(0, rows, MR):
-                    tile = r0 // MR
-                    if t_lo == 0:
-                        zero_tile(acc)
-                    else:                                  # resume the partial sums
-                        for q in range(MR):
-                            copy16(acc, q * NR, part, (r0 + q) * NR)
-                    # runs of consecutive live taps -> one micro-kernel call each
-                    t = t_lo
-                    while t < t_hi:
-                        if not live[tile, t]:
-                            t += 1
-                            continue
-                        t_end = t + 1
-                        while t_end < t_hi and live[tile, t_end]:
-                            t_end += 1
-                        micro_tile(cols, r0, min(r0 + 1, last), min(r0 + 2, last),
-                                   min(r0 + 3, last), t * cin, wp, p, (t_end - t) * cin, acc)
-                        t = t_end
-                    if final:
-                        store_tile(acc, min(MR, rows - r0), ncols, out2, m_lo + r0, n0,
-                                   bias, act, out2, False)
-                    else:
-                        for q in range(MR):
-                            copy16(part, (r0 + q) * NR, acc, q * NR)
+        _conv_job(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, tb,
+                  chunk * mc, group * pg, min(panels, group * pg + pg))
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
@@ -215,7 +221,11 @@ def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
     m = n * ho * wo
     if m == 0:
         return out
-    mc, pg, tb = _plan(m, cin, wp.kh * wp.kw, wp.panels.shape[0])
+    kt = wp.kh * wp.kw * cin
+    # the im2col chunk (MC x kh*kw*Cin floats, <= 512 KiB) stays in L2; K-blocks of whole
+    # taps of <= ~512 floats keep the slice of a panel in use (K-block x 16) in L1
+    mc, pg = plan_jobs(m, max(MR, min(128, 131072 // kt)), wp.panels.shape[0])
+    tb = max(1, 512 // cin)
     _conv_kernel(x, wp.panels, wp.kh, wp.kw, bias, stride, dilation, pad_top, pad_left, act,
                  out.reshape(m, cout), ho, wo, mc, pg, tb)
     return out

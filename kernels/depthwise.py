@@ -75,42 +75,51 @@ def _pixel_tail(x, wp, bias, act, out, n, i, j, c_lo, ih0, iw0, dil, a_lo, a_hi,
         out[n, i, j, ch] = apply_act(v, act)
 
 
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _output_row(x, wp, bias, stride, dil, pad_t, pad_l, act, out, n, i, j_full_lo, j_full_hi):
+    """out[n, i, :, :]: groups of PIX pixels whose taps are all inside, single pixels elsewhere."""
+    _, h, w_in, c = x.shape
+    wo = out.shape[2]
+    kh, kw, _ = wp.shape
+    c_main = c // CB * CB
+    acc = stack_buffer_f32(ACC)
+    ih0 = i * stride - pad_t
+    a_lo, a_hi = valid_taps(ih0, kh, dil, h)
+    j = 0
+    while j < wo:
+        iw0 = j * stride - pad_l
+        if j_full_lo <= j and j + PIX <= j_full_hi:          # PIX pixels, all kw taps valid
+            for c0 in range(0, c_main, CB):
+                _pixels(x, wp, bias, act, out, n, i, j, PIX, c0, ih0, iw0, stride, dil,
+                        a_lo, a_hi, 0, kw, acc)
+            for q in range(PIX):
+                if c_main < c:
+                    _pixel_tail(x, wp, bias, act, out, n, i, j + q, c_main, ih0,
+                                iw0 + q * stride, dil, a_lo, a_hi, 0, kw)
+            j += PIX
+        else:                                                 # one pixel near the border
+            b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
+            for c0 in range(0, c_main, CB):
+                _pixels(x, wp, bias, act, out, n, i, j, 1, c0, ih0, iw0, stride, dil,
+                        a_lo, a_hi, b_lo, b_hi, acc)
+            if c_main < c:
+                _pixel_tail(x, wp, bias, act, out, n, i, j, c_main, ih0, iw0, dil,
+                            a_lo, a_hi, b_lo, b_hi)
+            j += 1
+
+
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
     n_img, h, w_in, c = x.shape          # x (N, H, W, C)
     _, ho, wo, _ = out.shape             # out (N, Ho, Wo, C)
-    kh, kw, _ = wp.shape                 # wp (kh, kw, C)
-    c_main = c // CB * CB
+    kw = wp.shape[1]                     # wp (kh, kw, C)
     # output columns whose kw taps are all inside the input: j_full_lo <= j < j_full_hi
     j_full_lo = (pad_l + stride - 1) // stride
     j_full_hi = max(j_full_lo, min(wo, (w_in - 1 - (kw - 1) * dil + pad_l) // stride + 1))
-    for row in prange(n_img * ho):
+    for row in prange(n_img * ho):       # the rows (n, i) are independent
         n = row // ho
-        i = row - n * ho
-        acc = stack_buffer_f32(ACC)
-        ih0 = i * stride - pad_t
-        a_lo, a_hi = valid_taps(ih0, kh, dil, h)
-        j = 0
-        while j < wo:
-            iw0 = j * stride - pad_l
-            if j_full_lo <= j and j + PIX <= j_full_hi:      # PIX pixels, all kw taps valid
-                for c0 in range(0, c_main, CB):
-                    _pixels(x, wp, bias, act, out, n, i, j, PIX, c0, ih0, iw0, stride, dil,
-                            a_lo, a_hi, 0, kw, acc)
-                for q in range(PIX):
-                    if c_main < c:
-                        _pixel_tail(x, wp, bias, act, out, n, i, j + q, c_main, ih0,
-                                    iw0 + q * stride, dil, a_lo, a_hi, 0, kw)
-                j += PIX
-            else:                                             # one pixel near the border
-                b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
-                for c0 in range(0, c_main, CB):
-                    _pixels(x, wp, bias, act, out, n, i, j, 1, c0, ih0, iw0, stride, dil,
-                            a_lo, a_hi, b_lo, b_hi, acc)
-                if c_main < c:
-                    _pixel_tail(x, wp, bias, act, out, n, i, j, c_main, ih0, iw0, dil,
-                                a_lo, a_hi, b_lo, b_hi)
-                j += 1
+        _output_row(x, wp, bias, stride, dil, pad_t, pad_l, act, out, n, row - n * ho,
+                    j_full_lo, j_full_hi)
 
 
 def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):

@@ -36,13 +36,14 @@ All kernels of this family are compiled with ``error_model="numpy"``: a float
 division (the one in SiLU) then never raises, so the fused epilogue stays
 vectorisable.
 """
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activations import apply_act
+from .activations import ACT_NONE, apply_act
 
 MR = 4    # rows of x per micro-tile
 NR = 16   # output channels per weight panel (= 2 AVX2 vectors)
@@ -183,75 +184,81 @@ def zero_tile(acc):
         acc[t] = np.float32(0.0)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def store_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
-    """out[m0+i, n0+j] = act(acc[16*i + j] + bias[n0+j]) (+ res[m0+i, n0+j]), i<nrows, j<ncols.
-
-    ``out`` and ``res`` are 2-D C-contiguous (M, N); ``res`` may be ``out``
-    itself: each element is read before it is written.
-    """
-    n_total = out.shape[1]
-    if ncols == NR:                      # full-width tile: 16-lane vector code
-        for i in range(nrows):
-            row = i * NR
-            axpy16(acc, row, np.float32(1.0), bias, n0)          # + bias
-            for j in range(NR):
-                acc[row + j] = apply_act(acc[row + j], act)
-            flat = (m0 + i) * n_total + n0                      # out[m0+i, n0]
+@njit(fastmath=True, error_model="numpy", cache=True)
+def store_partial_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
+    """The epilogue of a tile narrower than 16 columns (last panel, Cout % 16 != 0):
+    out[m0+i, n0+j] = act(acc[16*i + j] + bias[n0+j]) (+ res[m0+i, n0+j]), element by element."""
+    for i in range(nrows):
+        m = m0 + i
+        for j in range(ncols):
+            v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
             if has_res:
-                axpy16(acc, row, np.float32(1.0), res, flat)     # + residual
-            copy16(out, flat, acc, row)
-    else:                                # last panel, Cout not a multiple of 16
-        for i in range(nrows):
-            m = m0 + i
-            for j in range(ncols):
-                v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
-                if has_res:
-                    v += res[m, n0 + j]
-                out[m, n0 + j] = v
+                v += res[m, n0 + j]
+            out[m, n0 + j] = v
 
 
 # ---------------------------------------------------------------- job planning
-def plan_jobs(m, k, panels, n_threads_hint=2):
-    """Pick (rows per chunk MC, panels per group PG) for an (m x k) @ (k x 16*panels) product.
+def plan_jobs(m, mc_max, panels):
+    """Split an (m rows) x (panels) product into parallel jobs: returns (MC rows, PG panels).
 
-    MC keeps a chunk of ``x`` (MC x K floats) around 128 KiB so it stays in L2
-    while every panel of the group sweeps over it.  When there are too few row
-    chunks to feed the threads (small feature maps, batch-1 classifier), the
-    panels are split into groups instead.
+    Rows are cut into equal chunks of at most ``mc_max`` rows (a multiple of MR),
+    so that the threads get equal shares.  When there are too few chunks to keep
+    every thread busy (small feature maps, the batch-1 classifier) the panels
+    are split into groups as well, aiming at 4 jobs per thread.
     """
-    mc = max(MR, min(128, (32768 // max(k, 1)) // MR * MR))
-    mc = min(mc, -(-m // MR) * MR)                      # no bigger than needed
+    n_chunks = -(-m // mc_max)
+    mc = -(-m // (n_chunks * MR)) * MR                  # equal chunks, multiples of MR
     n_chunks = -(-m // mc)
-    want = 4 * n_threads_hint                           # jobs for load balance
+    want = 4 * numba.get_num_threads()
     groups = min(panels, max(1, -(-want // n_chunks)))
     pg = -(-panels // groups)
     return mc, pg
 
 
 # ---------------------------------------------------------------- the kernel
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _pointwise_job(x, wp, bias, act, out, res, has_res, m_lo, m_hi, p_lo, p_hi):
+    """Rows m_lo:m_hi x panels p_lo:p_hi of the product, one 4 x 16 tile at a time."""
+    k = x.shape[1]
+    n_total = out.shape[1]
+    acc = stack_buffer_f32(TILE)         # the 4 x 16 tile, in registers
+    last = m_hi - 1
+    for p in range(p_lo, p_hi):          # one panel stays in L1 ...
+        n0 = p * NR
+        ncols = min(NR, n_total - n0)
+        for mt in range(m_lo, m_hi, MR):  # ... while it sweeps the chunk's rows
+            nrows = min(MR, m_hi - mt)
+            zero_tile(acc)
+            micro_tile(x, mt, min(mt + 1, last), min(mt + 2, last), min(mt + 3, last),
+                       0, wp, p, k, acc)
+            # epilogue: out = act(acc + bias) (+ res), 16-lane vector code.  (Written out
+            # here: as an inlined helper, Numba adds reference-count calls on every tile.)
+            if ncols < NR:
+                store_partial_tile(acc, nrows, ncols, out, mt, n0, bias, act, res, has_res)
+                continue
+            for i in range(MR):
+                axpy16(acc, i * NR, np.float32(1.0), bias, n0)          # + bias
+            if act != ACT_NONE:
+                for t in range(TILE):    # constant trip count: unrolled and vectorised
+                    acc[t] = apply_act(acc[t], act)
+            for i in range(nrows):
+                flat = (mt + i) * n_total + n0                          # out[mt+i, n0]
+                if has_res:              # read res (possibly out itself) before writing
+                    axpy16(acc, i * NR, np.float32(1.0), res, flat)
+                copy16(out, flat, acc, i * NR)
+
+
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _pointwise_kernel(x, wp, bias, act, out, res, has_res, mc, pg):
-    m_total, k = x.shape                 # x (M, K)
-    n_total = out.shape[1]               # out (M, N)
-    panels = wp.shape[0]                 # wp (P, K, 16)
+    m_total = x.shape[0]                 # x (M, K), out (M, N), wp (P, K, 16)
+    panels = wp.shape[0]
     n_chunks = (m_total + mc - 1) // mc
     n_groups = (panels + pg - 1) // pg
-    for job in prange(n_chunks * n_groups):
+    for job in prange(n_chunks * n_groups):   # jobs: (chunk of mc rows) x (group of pg panels)
         chunk = job // n_groups
         group = job - chunk * n_groups
-        acc = stack_buffer_f32(TILE)     # the 4 x 16 tile, in registers
-        m_lo = chunk * mc
-        m_hi = min(m_total, m_lo + mc)
-        last = m_hi - 1
-        for p in range(group * pg, min(panels, group * pg + pg)):
-            n0 = p * NR
-            ncols = min(NR, n_total - n0)
-            for mt in range(m_lo, m_hi, MR):
-                zero_tile(acc)
-                micro_tile(x, mt, min(mt + 1, last), min(mt + 2, last), min(mt + 3, last),
-                           0, wp, p, k, acc)
-                store_tile(acc, min(MR, m_hi - mt), ncols, out, mt, n0, bias, act, res, has_res)
+        _pointwise_job(x, wp, bias, act, out, res, has_res, chunk * mc,
+                       min(m_total, chunk * mc + mc), group * pg, min(panels, group * pg + pg))
 
 
 # ---------------------------------------------------------------- public API
@@ -301,7 +308,8 @@ def pointwise_conv(x, wp, bias, act, out, residual=None):
     m = x2.shape[0]
     if m == 0:
         return out
-    mc, pg = plan_jobs(m, k, wp.shape[0])
+    # a chunk of x (MC x K floats, <= 128 KiB) stays in L2 while each panel sweeps it
+    mc, pg = plan_jobs(m, max(MR, min(128, 32768 // k)), wp.shape[0])
     _pointwise_kernel(x2, wp, bias, act, out2, res2, has_res, mc, pg)
     return out
 

@@ -151,6 +151,34 @@ def test_conv2d_1x1_equals_pointwise():
     np.testing.assert_allclose(a, p, rtol=1e-5, atol=1e-5)
 
 
+def test_results_do_not_depend_on_thread_count():
+    """The job split changes with the thread count; every output must be computed alike."""
+    numba = pytest.importorskip("numba")
+    rng = np.random.default_rng(4)
+    x = randn(rng, 1, 19, 21, 40)
+    wq, wd, wf = randn(rng, 70, 40), randn(rng, 40, 1, 3, 3), randn(rng, 33, 40, 3, 3, scale=0.05)
+    b70, b40, b33 = randn(rng, 70), randn(rng, 40), randn(rng, 33)
+
+    def run_all():
+        return (pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wq), b70, ACT_SILU,
+                                         np.empty((1, 19, 21, 70), np.float32)),
+                depthwise.depthwise_conv(x, depthwise.prepare_depthwise_weight(wd), b40, 2, 1, 1, 1,
+                                         ACT_RELU6, np.empty((1, 10, 11, 40), np.float32)),
+                conv.conv2d(x, conv.prepare_conv_weight(wf), b33, 1, 2, 2, 2, ACT_RELU,
+                            np.empty((1, 19, 21, 33), np.float32)))
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run_all()
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = run_all()
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, many):
+        assert np.array_equal(a, b)
+
+
 def test_padding_helpers_known_values():
     # spec 4.2: 3x3 s2 even n -> (0, 1); odd n -> (1, 1); 3x3 s1 dilation d -> (d, d); 1x1 -> 0
     assert conv.tf_same_pads(224, 3, 2, 1) == (0, 1)

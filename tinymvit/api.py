@@ -146,6 +146,26 @@ class Model:
             out["hidden_states"] = tuple(_nchw(res[v]) for v in self.graph.outputs["hidden_states"])
         return ModelOutput(**out)
 
+    def profile(self, pixel_values, repeats=5):
+        """Per-node median run times in seconds for ``pixel_values``, slowest first.
+
+        Returns [(node description, seconds), ...]; handy to see where time goes.
+        """
+        x = self._check_pixel_values(pixel_values)
+        numba.set_num_threads(self._threads())
+        self.graph.run(x)                                   # warm-up (JIT, planning)
+        runs = []
+        for _ in range(repeats):
+            timings = []
+            self.graph.run(x, timings=timings)
+            runs.append(timings)
+        rows, shapes = [], self.graph.shapes(x.shape)
+        for i, (node, _) in enumerate(runs[0]):
+            kind = getattr(node, "kind", type(node).__name__)
+            rows.append((f"{node.name} [{kind}] {shapes[node.output]}",
+                         float(np.median([r[i][1] for r in runs]))))
+        return sorted(rows, key=lambda r: -r[1])
+
     def _check_pixel_values(self, x):
         c = self.config.num_channels
         if not isinstance(x, np.ndarray):

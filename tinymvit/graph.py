@@ -16,6 +16,7 @@ All activations are NHWC float32: (N, H, W, C) maps, (N, P, T, C) patch tokens,
 """
 import math
 import threading
+import time
 
 import numpy as np
 
@@ -354,14 +355,22 @@ class Graph:
         with self._lock:
             self._pool.setdefault(key, []).append(plan)
 
-    def run(self, x, with_hidden=False):
-        """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs."""
+    def run(self, x, with_hidden=False, timings=None):
+        """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
+
+        If ``timings`` is a list, (node, seconds) pairs are appended to it (profiling).
+        """
         key, plan = self._acquire(x.shape, with_hidden)
         try:
             views = plan.views
             for node, args, scratch in zip(self.nodes, plan.args, plan.scratch):
                 ins = [x if name == self.input else views[name] for name in node.inputs]
-                node.run(ins, views[node.output], args, scratch)
+                if timings is None:
+                    node.run(ins, views[node.output], args, scratch)
+                else:
+                    t0 = time.perf_counter()
+                    node.run(ins, views[node.output], args, scratch)
+                    timings.append((node, time.perf_counter() - t0))
             return {name: views[name].copy() for name in self._kept(with_hidden)}
         finally:
             self._release(key, plan)
