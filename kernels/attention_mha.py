@@ -21,38 +21,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .activations import exp_f32
+
 _QUERY_BLOCK = 64  # queries per parallel task (the K/V transpose is amortised over them)
 
 
-@njit(fastmath=True, cache=True)
-def _exp_row_inplace(x, bits):
-    """x[m] <- exp(x[m]) for x[m] <= 0, in a form LLVM vectorises (no libm call).
-
-    exp(x) = 2**n * exp(r) with n = round(x / ln2) and |r| <= ln2/2; exp(r) is a
-    degree-6 Taylor/Horner polynomial (rel. error < 5e-7) and 2**n is built
-    directly from its float32 bit pattern ((n + 127) << 23).  ``bits`` is an
-    int32 scratch row of the same length as x.
-    """
-    scale = bits.view(np.float32)          # (N,) the same memory as bits, read as float32
-    for m in range(x.shape[0]):
-        v = max(x[m], np.float32(-87.0))   # exp(-87) ~ 1.6e-38, still a normal float32
-        n = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))  # float32
-        r = v - n * np.float32(0.693145751953125)      # ln2 split in two parts
-        r = r - n * np.float32(1.428606765330187e-06)  # (Cody-Waite reduction)
-        p = np.float32(1.0 / 720.0)
-        p = p * r + np.float32(1.0 / 120.0)
-        p = p * r + np.float32(1.0 / 24.0)
-        p = p * r + np.float32(1.0 / 6.0)
-        p = p * r + np.float32(0.5)
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        x[m] = p
-        bits[m] = (np.int32(n) + np.int32(127)) << np.int32(23)
-    for m in range(x.shape[0]):
-        x[m] *= scale[m]
-
-
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _mha_kernel(qkv, num_heads, out):
     # qkv: (S, N, 3h);  out: (S, N, h)
     S, N, _ = qkv.shape
@@ -78,7 +52,6 @@ def _mha_kernel(qkv, num_heads, out):
                 vt[t, m] = qkv[s, m, v_off + t]
 
         scores = np.empty(N, np.float32)  # (N,) one query's scores, then exp(scores - max)
-        bits = np.empty(N, np.int32)      # (N,) scratch for _exp_row_inplace
         for i in range(i0, i1):
             # scores[m] = q_i . k_m / sqrt(hd), accumulated one feature at a time
             for m in range(N):
@@ -91,8 +64,7 @@ def _mha_kernel(qkv, num_heads, out):
             for m in range(1, N):
                 smax = max(smax, scores[m])
             for m in range(N):
-                scores[m] -= smax
-            _exp_row_inplace(scores, bits)
+                scores[m] = exp_f32(scores[m] - smax)   # vectorised, no libm call
             denom = 0.0
             for m in range(N):
                 denom += np.float64(scores[m])

@@ -32,8 +32,9 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import ACT_NONE, apply_act
-from .pointwise import (MR, NR, TILE, _act_reference, axpy16, copy16, micro_tile, plan_jobs,
-                        prepare_pointwise_weight, stack_buffer_f32, store_partial_tile, zero_tile)
+from .pointwise import (MR, NR, TILE, act_reference_f64, axpy16, copy16, micro_tile,
+                        plan_jobs, prepare_pointwise_weight, stack_buffer_f32,
+                        store_partial_tile, zero_tile)
 
 
 # ---------------------------------------------------------------- padding arithmetic
@@ -244,7 +245,11 @@ def pad_for_output(x, k_h, k_w, stride, dilation, pad_top, pad_left, out_hw):
 
 
 def conv2d_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
-    """Plain NumPy full conv, float64 sum over taps; x (N,H,W,Cin), w (Cout,Cin,kh,kw) -> (N,Ho,Wo,Cout)."""
+    """Plain NumPy full conv (float64 sum over taps).
+
+    x (N, H, W, Cin); w torch layout (Cout, Cin, kh, kw); out_hw = (Ho, Wo);
+    returns a new float32 (N, Ho, Wo, Cout).
+    """
     w = np.asarray(w, np.float64)
     cout, cin, kh, kw = w.shape
     ho, wo = out_hw
@@ -256,4 +261,4 @@ def conv2d_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_h
             patch = xp[:, r:r + (ho - 1) * stride + 1:stride,
                        c:c + (wo - 1) * stride + 1:stride]                 # (N, Ho, Wo, Cin)
             y += patch @ w[:, :, a, b].T
-    return _act_reference(y, act).astype(np.float32)
+    return act_reference_f64(y, act).astype(np.float32)

@@ -9,20 +9,22 @@ with zeros outside the input (s = stride, d = dilation, both axes).  The output
 size is given by ``out``, so the bottom/right padding is implicit and
 asymmetric TF-"SAME" padding needs nothing special.
 
-In NHWC the channels of a pixel are contiguous, so the natural vector axis is c:
-for one output pixel and a block of 16 channels, the 16 running sums stay in two
-AVX2 registers while the (at most kh*kw) taps are added, then the block is
-written once with the activation fused.  Taps that fall in the padding are not
-visited: per output row the valid tap rows [a_lo, a_hi) are computed once, per
-pixel the valid tap columns [b_lo, b_hi).  Channels past the last multiple of 16
-go through the same code with a shorter block.  Rows (n, i) run in parallel.
+In NHWC the channels of a pixel are contiguous, so the natural vector axis is c.
+For a group of PIX = 4 neighbouring output pixels and a block of 16 channels the
+4 x 16 running sums stay in 8 AVX2 registers while the (at most kh*kw) taps are
+added -- each weight vector, loaded once per tap, serves the 4 pixels -- and the
+block is then written once, with the activation fused.  Pixels near the left or
+right border, whose taps are partly in the padding, are done one at a time and
+visit only their valid taps: per output row the valid tap rows [a_lo, a_hi) are
+found once, per such pixel the valid tap columns [b_lo, b_hi).  Channels past
+the last multiple of 16 are done one at a time.  Output rows run in parallel.
 """
 import numpy as np
 from numba import njit, prange
 
 from .activations import apply_act
 from .conv import pad_for_output, valid_taps
-from .pointwise import _act_reference, copy16, fma16, stack_buffer_f32
+from .pointwise import act_reference_f64, copy16, fma16, stack_buffer_f32
 
 CB = 16   # channels per register block (2 AVX2 vectors)
 PIX = 4   # neighbouring output pixels computed together (share the weight loads)
@@ -150,4 +152,4 @@ def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, ou
             r, s = a * dilation, b * dilation
             y += xp[:, r:r + (ho - 1) * stride + 1:stride,
                     s:s + (wo - 1) * stride + 1:stride] * w[:, 0, a, b]
-    return _act_reference(y, act).astype(np.float32)
+    return act_reference_f64(y, act).astype(np.float32)

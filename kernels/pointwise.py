@@ -7,8 +7,8 @@ dimensions into ``M`` rows gives one matrix product
     out[m, n] = act( sum_k x[m, k] * W[n, k] + bias[n] )  (+ residual[m, n])
 
 with ``x`` (M, K=Cin), ``W`` (N=Cout, K) and ``out`` (M, N).  The same kernel
-serves ``nn.Linear`` layers, the full kxk convolution (``conv.py`` feeds it
-im2col rows) and the classifier.
+serves ``nn.Linear`` layers and the classifier, and its micro-kernel also runs
+the full kxk convolution (``conv.py`` feeds it im2col rows).
 
 How it is made fast (the GEMM "micro-kernel" idea of GotoBLAS/BLIS):
 
@@ -43,7 +43,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activations import ACT_NONE, apply_act
+from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, apply_act
 
 MR = 4    # rows of x per micro-tile
 NR = 16   # output channels per weight panel (= 2 AVX2 vectors)
@@ -51,17 +51,23 @@ TILE = MR * NR
 
 
 # ---------------------------------------------------------------- SIMD helpers
-# Numba has no vector types, and LLVM's auto-vectoriser sometimes picks the wrong
-# loop (e.g. vectorising over the 9 taps of a depthwise kernel instead of the
-# channels).  These four tiny intrinsics state the 16-lane operations explicitly:
-# each becomes two 8-float AVX2 loads/stores and multiply-adds (fused into FMAs
-# under fastmath).  They index C-contiguous float32 arrays by *flat* element index
-# and do no bounds checks; the callers guarantee idx .. idx+15 is inside the array.
+# Numba has no vector types, and leaving the vectorisation of a 16-wide loop to
+# LLVM is fragile: Numba's negative-index wrap-around test on ``a[i0 + j]`` hides
+# that consecutive j are consecutive addresses, and LLVM sometimes vectorises the
+# wrong loop (the 9 taps of a depthwise kernel instead of its channels).  These
+# tiny intrinsics state the 16-lane operations explicitly: each becomes two
+# 8-float AVX2 loads/stores and multiply-adds (fused into FMAs under fastmath).
+# They index C-contiguous float32 arrays by *flat* element index and do no bounds
+# checks; the callers guarantee idx .. idx+15 lies inside the array.
 _VEC8 = ir.VectorType(ir.FloatType(), 8)
 
 
 def _is_f32_c_array(ty):
     return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.layout == "C"
+
+
+def _are_indices(*tys):
+    return all(isinstance(ty, types.Integer) for ty in tys)
 
 
 def _lane_ptrs(context, builder, arrty, arr, idxty, idx):
@@ -100,7 +106,8 @@ def stack_buffer_f32(typingctx, size):
 @intrinsic
 def axpy16(typingctx, acc, ai, s, src, si):
     """acc.flat[ai:ai+16] += s * src.flat[si:si+16]   (s a float32 scalar, broadcast)."""
-    if not (_is_f32_c_array(acc) and _is_f32_c_array(src) and s == types.float32):
+    if not (_is_f32_c_array(acc) and _is_f32_c_array(src) and s == types.float32
+            and _are_indices(ai, si)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -122,7 +129,8 @@ def axpy16(typingctx, acc, ai, s, src, si):
 @intrinsic
 def fma16(typingctx, acc, ai, w, wi, x, xi):
     """acc.flat[ai:ai+16] += w.flat[wi:wi+16] * x.flat[xi:xi+16]   (element-wise)."""
-    if not (_is_f32_c_array(acc) and _is_f32_c_array(w) and _is_f32_c_array(x)):
+    if not (_is_f32_c_array(acc) and _is_f32_c_array(w) and _is_f32_c_array(x)
+            and _are_indices(ai, wi, xi)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -143,7 +151,7 @@ def fma16(typingctx, acc, ai, w, wi, x, xi):
 @intrinsic
 def copy16(typingctx, dst, di, src, si):
     """dst.flat[di:di+16] = src.flat[si:si+16]."""
-    if not (_is_f32_c_array(dst) and _is_f32_c_array(src)):
+    if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _are_indices(di, si)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -314,15 +322,15 @@ def pointwise_conv(x, wp, bias, act, out, residual=None):
     return out
 
 
-def _act_reference(y, act):
-    """Activation on a float64 array (codes as in activations.py)."""
-    if act == 1:
+def act_reference_f64(y, act):
+    """Activation ``act`` applied to a float64 array, in float64 (used by the references)."""
+    if act == ACT_RELU:
         return np.maximum(y, 0.0)
-    if act == 2:
+    if act == ACT_RELU6:
         return np.clip(y, 0.0, 6.0)
-    if act == 3:
+    if act == ACT_SILU:
         return y / (1.0 + np.exp(-y))
-    assert act == 0, f"unknown activation code {act}"
+    assert act == ACT_NONE, f"unknown activation code {act}"
     return y
 
 
@@ -333,7 +341,7 @@ def pointwise_reference(x, w, bias, act, residual=None):
     """
     w = np.asarray(w, np.float64).reshape(np.shape(w)[0], -1)            # (Cout, Cin)
     y = np.asarray(x, np.float64) @ w.T + np.asarray(bias, np.float64)   # (..., Cout)
-    y = _act_reference(y, act)
+    y = act_reference_f64(y, act)
     if residual is not None:
         y = y + np.asarray(residual, np.float64)
     return y.astype(np.float32)

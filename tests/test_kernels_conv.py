@@ -217,7 +217,8 @@ def test_fold_batchnorm_is_exact(with_bias):
     wt = randn(rng, 20, 12, 3, 3, scale=1 / 6)
     b = randn(rng, 20) if with_bias else None
     bn = _bn_params(rng, 20)
-    y = conv.conv2d_reference(x, wt, np.zeros(20) if b is None else b, 1, 1, 1, 1, ACT_NONE, (9, 10))
+    b0 = np.zeros(20) if b is None else b
+    y = conv.conv2d_reference(x, wt, b0, 1, 1, 1, 1, ACT_NONE, (9, 10))
     expect = batchnorm.batchnorm_reference(y, *bn, eps)
     wf, bf = batchnorm.fold_batchnorm(wt, b, *bn, eps)
     assert wf.dtype == bf.dtype == np.float32 and wf.shape == wt.shape and bf.shape == (20,)
@@ -291,7 +292,7 @@ def test_padding_helpers_match_torch_and_transformers():
                     rows = mnv2.apply_tf_padding(ones, layer)[0, 0].sum(dim=1)   # 0 = padding
                     nz = torch.nonzero(rows).flatten()
                     before, after = int(nz[0]), len(rows) - 1 - int(nz[-1])
-                    assert conv.tf_same_pads(n, k, stride, dil) == (before, after), (n, k, stride, dil)
+                    assert conv.tf_same_pads(n, k, stride, dil) == (before, after), (n, k, dil)
                     for pb, pa in ((before, after), conv.symmetric_pads(k, dil)):
                         if n + pb + pa < (k - 1) * dil + 1:
                             continue                  # torch refuses: kernel larger than input

@@ -1,0 +1,49 @@
+"""Activation kernels and the vectorisable exp vs NumPy."""
+import numpy as np
+import pytest
+from numba import njit
+
+from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, act_code,
+                                          activation, activation_reference, exp_f32)
+
+
+@njit(fastmath=True, error_model="numpy")
+def _exp_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_f32(x[i])
+
+
+def test_exp_f32_accuracy_over_the_float32_range():
+    x = np.linspace(-87.0, 87.9, 2_000_001).astype(np.float32)
+    y = np.empty_like(x)
+    _exp_all(x, y)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(y - want) / want) < 3e-7
+    one = np.empty(1, np.float32)
+    _exp_all(np.zeros(1, np.float32), one)
+    assert one[0] == 1.0
+
+
+def test_exp_f32_clamps_instead_of_overflowing():
+    x = np.array([-1000.0, -100.0, 100.0, 1000.0], np.float32)
+    y = np.empty_like(x)
+    _exp_all(x, y)
+    assert np.all(np.isfinite(y))
+    assert 0 <= y[0] < 2e-38 and y[3] > 1e38
+
+
+@pytest.mark.parametrize("act", [ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 9, 33), (1000, 17)])
+def test_activation_matches_reference(act, shape):
+    rng = np.random.default_rng(act * 100 + len(shape))
+    x = (rng.standard_normal(shape) * 8).astype(np.float32)
+    want = activation_reference(x, act)
+    got = activation(x.copy(), act)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_act_code_names():
+    assert act_code("swish") == act_code("silu") == ACT_SILU
+    assert act_code("relu6") == ACT_RELU6 and act_code(None) == ACT_NONE
+    with pytest.raises(ValueError, match="unsupported activation 'gelu'"):
+        act_code("gelu")
