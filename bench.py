@@ -104,33 +104,14 @@ MODELS = {
 
 
 def randomize_(model, seed=0):
-    """Re-draw every weight at a realistic scale and give every norm random statistics.
+    """Re-draw every weight at a realistic scale and give every norm random statistics
+    (tests/hf_models.py).  transformers' own init (std 0.02, identity norms) makes
+    activations shrink layer after layer; in MobileViT-S they end as denormal floats,
+    which are far slower to compute with and would make the timings meaningless."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+    from hf_models import randomize_ as randomize_weights
 
-    transformers' own init (std 0.02, identity norms) makes activations shrink layer after
-    layer; in MobileViT-S they end as denormal floats, which are far slower to compute with
-    and would make the timings meaningless.
-    """
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(0.3 + 1.5 * torch.rand(c, generator=g))
-            elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                c = m.weight.shape[0]
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model.eval()
+    return randomize_weights(model, seed).eval()
 
 
 def _quiet_transformers(transformers):

@@ -1,4 +1,4 @@
-"""Random-weight transformers models for golden tests (test-only; imports torch).
+"""Random-weight transformers models for golden tests and bench.py (imports torch).
 
 Weights are re-drawn at a realistic scale (variance ~ 1/fan_in, so activations stay
 O(1) through the network instead of vanishing as with HF's std=0.02 init) and every
@@ -9,8 +9,12 @@ import math
 
 import numpy as np
 
-torch = __import__("pytest").importorskip("torch")
-transformers = __import__("pytest").importorskip("transformers")
+try:
+    import torch
+    import transformers
+except ImportError:  # the golden tests need the [test] extra; bench.py needs [bench]
+    import pytest
+    pytest.skip("needs torch and transformers: pip install -e '.[test]'", allow_module_level=True)
 
 FAMILY_CLASSES = {
     "mobilevitv2": ("MobileViTV2Config", "MobileViTV2Model", "MobileViTV2ForImageClassification",
