@@ -113,3 +113,36 @@ def test_converted_file_matches(tmp_path):
     assert ours.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
     x = np.random.default_rng(2).standard_normal((1, 3, 80, 72)).astype(np.float32)
     compare(model_hf, ours, x)
+
+
+TINY = dict(mobilenet_v2=dict(depth_multiplier=0.35),
+            mobilevit=dict(hidden_sizes=[64, 80, 96],
+                           neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320]),
+            mobilevitv2=dict(width_multiplier=0.5))
+EDGE_CASES = [  # (family, task, extra config, sizes); torch decides which sizes are valid
+    ("mobilenet_v2", "classification", {}, [(1, 1), (2, 3), (5, 17)]),
+    ("mobilenet_v2", "segmentation", dict(output_stride=8), [(1, 1), (3, 2), (9, 9)]),
+    ("mobilevit", "classification", {}, [(1, 1), (2, 3), (5, 17)]),
+    ("mobilevit", "segmentation", dict(output_stride=16), [(1, 1), (7, 3)]),
+    ("mobilevitv2", "classification", {}, [(33, 33), (33, 200), (32, 40), (16, 16)]),
+    ("mobilevitv2", "segmentation", dict(output_stride=8), [(9, 9), (8, 8), (9, 30)]),
+    ("mobilevitv2", "segmentation", dict(output_stride=16), [(17, 17), (16, 40)]),
+]
+
+
+@pytest.mark.parametrize("family, task, extra, sizes", EDGE_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in EDGE_CASES])
+def test_extreme_input_sizes(family, task, extra, sizes, tmp_path):
+    """Tiny inputs: same outputs as PyTorch where it runs, a clear InputError where it fails."""
+    model_hf = make_model(family, task, seed=5, **TINY[family], **extra)
+    save(model_hf, tmp_path)
+    ours = tinymvit.load(tmp_path)
+    for h, w in sizes:
+        x = np.random.default_rng(h * 100 + w).standard_normal((1, 3, h, w)).astype(np.float32)
+        try:
+            ref = run_torch(model_hf, x)
+        except RuntimeError:  # F.unfold on a map smaller than a patch
+            with pytest.raises(tinymvit.InputError, match=f"{h}x{w} is too small"):
+                ours(x)
+            continue
+        assert rel_err(ours(x).logits, ref["logits"]) <= TOL, (h, w)
