@@ -29,6 +29,7 @@ CASES = [
     ("mobilevitv2", "classification", dict(width_multiplier=1.25, output_stride=8, patch_size=3),
      (1, 150, 130)),
     ("mobilevitv2", "base", dict(width_multiplier=0.5), (2, 64, 96)),
+    ("mobilevitv2", "classification", dict(width_multiplier=0.5, hidden_act="gelu"), (1, 64, 80)),
     # MobileViT v1: variants, odd sizes (bilinear resize path), heads, qkv_bias, OS
     ("mobilevit", "classification", dict(), (1, 256, 256)),
     ("mobilevit", "classification", dict(hidden_sizes=[64, 80, 96],
@@ -55,6 +56,11 @@ CASES = [
     ("mobilenet_v2", "classification", dict(depth_multiplier=0.75, output_stride=8, min_depth=16,
                                             depth_divisible_by=16), (2, 75, 64)),
     ("mobilenet_v2", "base", dict(depth_multiplier=0.5), (1, 33, 65)),
+    ("mobilenet_v2", "classification", dict(depth_multiplier=0.35, hidden_act="hardswish"),
+     (1, 50, 50)),
+    ("mobilevit", "classification", dict(hidden_sizes=[64, 80, 96], hidden_act="quick_gelu",
+                                         neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320]),
+     (1, 64, 64)),
 ]
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, act_code,
+from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU6, ACT_SILU, SUPPORTED, act_code,
                                           activation, activation_reference, exp_f32)
 
 
@@ -32,7 +32,7 @@ def test_exp_f32_clamps_instead_of_overflowing():
     assert 0 <= y[0] < 2e-38 and y[3] > 1e38
 
 
-@pytest.mark.parametrize("act", [ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU])
+@pytest.mark.parametrize("act", list(range(13)))
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 9, 33), (1000, 17)])
 def test_activation_matches_reference(act, shape):
     rng = np.random.default_rng(act * 100 + len(shape))
@@ -45,5 +45,18 @@ def test_activation_matches_reference(act, shape):
 def test_act_code_names():
     assert act_code("swish") == act_code("silu") == ACT_SILU
     assert act_code("relu6") == ACT_RELU6 and act_code(None) == ACT_NONE
-    with pytest.raises(ValueError, match="unsupported activation 'gelu'"):
-        act_code("gelu")
+    with pytest.raises(ValueError, match="unsupported activation 'swiglu'"):
+        act_code("swiglu")
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_every_supported_name_matches_transformers(name):
+    """Each hidden_act string computes what transformers' ACT2FN[name] computes."""
+    torch = pytest.importorskip("torch")
+    act2fn = pytest.importorskip("transformers.activations").ACT2FN
+    if name not in act2fn:
+        pytest.skip(f"{name!r} is tinymvit's alias of the identity, not a transformers name")
+    x = np.linspace(-12, 12, 4001).astype(np.float32)
+    want = act2fn[name](torch.from_numpy(x.astype(np.float64))).numpy()
+    got = activation(x.copy(), act_code(name))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)

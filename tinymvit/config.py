@@ -111,8 +111,10 @@ class Config:
                 if h % self.num_attention_heads:
                     fail(f"hidden size {h} is not a multiple of num_attention_heads="
                          f"{self.num_attention_heads}")
-        if not isinstance(self.hidden_act, str):
-            fail(f"hidden_act must be a string, got {self.hidden_act!r}")
+        from .kernels.activations import SUPPORTED
+        if not isinstance(self.hidden_act, str) or self.hidden_act.lower() not in SUPPORTED:
+            fail(f"hidden_act {self.hidden_act!r} is not supported; expected one of "
+                 f"{', '.join(SUPPORTED)}")
 
 
 def _id2label(raw, source):

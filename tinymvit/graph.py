@@ -101,13 +101,19 @@ class Conv(Node):
 
     def run(self, ins, out, args, scratch):
         residual = ins[1] if len(ins) > 1 else None
-        if self.kind == "pointwise":
-            pointwise.pointwise_conv(ins[0], self.weight, self.bias, self.act, out, residual)
-            return
-        top, left = args
-        fn = depthwise.depthwise_conv if self.kind == "depthwise" else conv.conv2d
-        fn(ins[0], self.weight, self.bias, self.stride, self.dilation, top, left, self.act, out)
-        if residual is not None:
+        fused = self.act <= act_mod.MAX_FUSED         # ReLU/ReLU6/SiLU: in the kernel's epilogue
+        act = self.act if fused else act_mod.ACT_NONE
+        if self.kind == "pointwise" and (fused or residual is None):
+            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out, residual)
+        elif self.kind == "pointwise":
+            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out)
+        else:
+            top, left = args
+            fn = depthwise.depthwise_conv if self.kind == "depthwise" else conv.conv2d
+            fn(ins[0], self.weight, self.bias, self.stride, self.dilation, top, left, act, out)
+        if not fused:
+            act_mod.activation(out, self.act)          # rare activations: a separate pass
+        if residual is not None and (self.kind != "pointwise" or not fused):
             out += residual
 
 
@@ -271,14 +277,9 @@ class Plan:
     """Shapes, static per-node arguments and buffer views for one input shape."""
 
     def __init__(self, graph, input_shape, keep):
-        shapes = {graph.input: tuple(input_shape)}
-        self.args, scratch_shapes = [], []
-        for node in graph.nodes:
-            out_shape, args = node.infer([shapes[i] for i in node.inputs])
-            shapes[node.output] = tuple(out_shape)
-            self.args.append(args)
-            scratch_shapes.append(node.scratch_shape(args) if hasattr(node, "scratch_shape")
-                                  else None)
+        shapes, self.args = graph.infer(input_shape)
+        scratch_shapes = [node.scratch_shape(args) if hasattr(node, "scratch_shape") else None
+                          for node, args in zip(graph.nodes, self.args)]
         self.shapes = shapes
 
         # Liveness: a tensor's buffer returns to the free list after its last reader ran.
@@ -336,12 +337,21 @@ class Graph:
         names = [v for k, v in self.outputs.items() if k != "hidden_states" and v]
         return names + (list(self.outputs["hidden_states"]) if with_hidden else [])
 
-    def shapes(self, input_shape):
-        """Infer every tensor shape for ``input_shape`` (N, C, H, W); raises InputTooSmall."""
-        shapes = {self.input: tuple(input_shape)}
+    def infer(self, input_shape):
+        """({tensor: shape}, [static args per node]) for ``input_shape`` (N, C, H, W).
+
+        Raises InputTooSmall when a layer would get an empty map.
+        """
+        shapes, args = {self.input: tuple(input_shape)}, []
         for node in self.nodes:
-            shapes[node.output] = tuple(node.infer([shapes[i] for i in node.inputs])[0])
-        return shapes
+            out_shape, node_args = node.infer([shapes[i] for i in node.inputs])
+            shapes[node.output] = tuple(out_shape)
+            args.append(node_args)
+        return shapes, args
+
+    def shapes(self, input_shape):
+        """Every tensor's shape for ``input_shape`` (N, C, H, W); raises InputTooSmall."""
+        return self.infer(input_shape)[0]
 
     def _acquire(self, shape, with_hidden):
         key = (tuple(shape), bool(with_hidden))
