@@ -165,8 +165,8 @@ def main(argv=None, out=None):
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args, out)
-    except (TinyMViTError, ValueError, OSError) as exc:
-        # every tinymvit error (and ImageError, a ValueError) carries a readable message
+    except (TinyMViTError, OSError) as exc:
+        # every tinymvit error carries a readable message; OSError: an output file can't be written
         print(f"tinymvit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0
