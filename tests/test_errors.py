@@ -194,3 +194,19 @@ def test_wrong_task(good, tmp_path):
                                           depth_multiplier=0.35, num_labels=3))
     with pytest.raises(InputError, match="classify\\(\\) needs an image-classification"):
         seg.classify(np.zeros((40, 40, 3), np.uint8))
+
+
+def test_bad_preprocessor_config_fails_at_load(tmp_path):
+    folder = random_checkpoint(tmp_path / "pp", "mobilenet_v2", depth_multiplier=0.35,
+                               preprocessor={"resample": 99})
+    with pytest.raises(ConfigError, match="resample must be a PIL filter number.*got 99"):
+        tinymvit.load(folder)
+
+
+def test_unsupported_hidden_act(good, tmp_path):
+    folder = _copy(good, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden_act"] = "swiglu"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="hidden_act 'swiglu' is not supported.*relu6"):
+        tinymvit.load(folder)

@@ -17,6 +17,7 @@ from .config import Config
 from .errors import CheckpointError, InputError
 from .graph import GraphBuilder, InputTooSmall
 from .models import BUILDERS, backbone_prefix
+from .preprocess import ImageProcessor
 from .weights import Checkpoint, read_checkpoint, save_tinymvit_file
 from .weightstore import WeightStore
 
@@ -94,7 +95,9 @@ class Model:
         self.graph = builder.build(outputs)
         self.id2label = dict(self.config.id2label)
         self.preprocessor_config = checkpoint.preprocessor_config
-        self._processor = None
+        size = self.config.image_size
+        self.processor = ImageProcessor.from_config(      # validates preprocessor_config now
+            self.preprocessor_config, self.family, size if isinstance(size, int) else int(size[0]))
         self._min_size = None
         self.num_threads = num_threads
 
@@ -109,19 +112,7 @@ class Model:
         self._num_threads = None if n is None else _check_threads(n)
 
     def _threads(self):
-        n = self._num_threads or _default_threads or numba.config.NUMBA_NUM_THREADS
-        return min(n, numba.config.NUMBA_NUM_THREADS)
-
-    @property
-    def processor(self):
-        """The image processor of this checkpoint (built on first use)."""
-        if self._processor is None:
-            from .preprocess import ImageProcessor
-            size = self.config.image_size
-            size = size if isinstance(size, int) else int(size[0])
-            self._processor = ImageProcessor.from_config(self.preprocessor_config, self.family,
-                                                         size)
-        return self._processor
+        return min(self._num_threads or get_num_threads(), numba.config.NUMBA_NUM_THREADS)
 
     def __repr__(self):
         return (f"<tinymvit.Model {self.family} {self.task} from {self.source}: "
