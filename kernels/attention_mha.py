@@ -14,7 +14,7 @@ NOT part of this kernel.
 The N x N attention matrix is never stored: every parallel task takes one
 (sequence, head, block of queries), copies that head's K and V transposed to
 (hd, N) so that the loops over keys are contiguous (they vectorise), and then
-handles one query row at a time: scores row, max, exp, sum, weighted sum of V.
+handles four query rows at a time: scores rows, max, exp, sum, weighted sums of V.
 """
 import math
 
@@ -24,6 +24,7 @@ from numba import njit, prange
 from .activations import exp_f32
 
 _QUERY_BLOCK = 64  # queries per parallel task (the K/V transpose is amortised over them)
+_QR = 4            # queries computed together in the inner loops
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
@@ -51,30 +52,69 @@ def _mha_kernel(qkv, num_heads, out):
                 kt[t, m] = qkv[s, m, k_off + t] * scale
                 vt[t, m] = qkv[s, m, v_off + t]
 
-        scores = np.empty(N, np.float32)  # (N,) one query's scores, then exp(scores - max)
-        for i in range(i0, i1):
-            # scores[m] = q_i . k_m / sqrt(hd), accumulated one feature at a time
+        # Queries go 4 at a time: every key/value element loaded from kt/vt feeds 4 FMAs
+        # (one per query) instead of 1, which is what limits this loop (kt, vt sit in L2).
+        sc = np.empty((_QR, N), np.float32)  # (4, N) scores, then exp(scores - max)
+        for ib in range(i0, i1, _QR):
+            qi0 = ib                         # query rows; past the block end, repeat the last
+            qi1 = min(ib + 1, i1 - 1)        # one (computed, never stored)
+            qi2 = min(ib + 2, i1 - 1)
+            qi3 = min(ib + 3, i1 - 1)
+            s0, s1, s2, s3 = sc[0], sc[1], sc[2], sc[3]
             for m in range(N):
-                scores[m] = 0.0
-            for t in range(hd):
-                qv = qkv[s, i, q_off + t]
+                s0[m] = 0.0
+                s1[m] = 0.0
+                s2[m] = 0.0
+                s3[m] = 0.0
+            for t in range(hd):              # scores[r, m] = q_r . k_m / sqrt(hd)
+                a0 = qkv[s, qi0, q_off + t]
+                a1 = qkv[s, qi1, q_off + t]
+                a2 = qkv[s, qi2, q_off + t]
+                a3 = qkv[s, qi3, q_off + t]
+                krow = kt[t]
                 for m in range(N):
-                    scores[m] += qv * kt[t, m]
-            smax = scores[0]
-            for m in range(1, N):
-                smax = max(smax, scores[m])
-            for m in range(N):
-                scores[m] = exp_f32(scores[m] - smax)   # vectorised, no libm call
-            denom = 0.0
-            for m in range(N):
-                denom += np.float64(scores[m])
-            inv = np.float32(1.0 / denom)
-            # y_i = sum_m softmax[m] * v_m
-            for t in range(hd):
-                acc = np.float32(0.0)
+                    k = krow[m]
+                    s0[m] += a0 * k
+                    s1[m] += a1 * k
+                    s2[m] += a2 * k
+                    s3[m] += a3 * k
+            inv0 = _softmax_numerator_inplace(s0)
+            inv1 = _softmax_numerator_inplace(s1)
+            inv2 = _softmax_numerator_inplace(s2)
+            inv3 = _softmax_numerator_inplace(s3)
+            for t in range(hd):              # y_r = sum_m softmax_r[m] * v_m
+                vrow = vt[t]
+                c0 = np.float32(0.0)
+                c1 = np.float32(0.0)
+                c2 = np.float32(0.0)
+                c3 = np.float32(0.0)
                 for m in range(N):
-                    acc += scores[m] * vt[t, m]
-                out[s, i, q_off + t] = acc * inv
+                    v = vrow[m]
+                    c0 += s0[m] * v
+                    c1 += s1[m] * v
+                    c2 += s2[m] * v
+                    c3 += s3[m] * v
+                out[s, qi0, q_off + t] = c0 * inv0
+                if ib + 1 < i1:
+                    out[s, qi1, q_off + t] = c1 * inv1
+                if ib + 2 < i1:
+                    out[s, qi2, q_off + t] = c2 * inv2
+                if ib + 3 < i1:
+                    out[s, qi3, q_off + t] = c3 * inv3
+
+
+@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+def _softmax_numerator_inplace(row):
+    """row <- exp(row - max(row)); returns 1 / sum (the sum accumulated in float64)."""
+    rmax = row[0]
+    for m in range(1, row.shape[0]):
+        rmax = max(rmax, row[m])
+    total = 0.0
+    for m in range(row.shape[0]):
+        e = exp_f32(row[m] - rmax)   # vectorised, no libm call
+        row[m] = e
+        total += np.float64(e)
+    return np.float32(1.0 / total)
 
 
 def multi_head_attention(qkv, num_heads, out):
