@@ -23,7 +23,8 @@ IR_COUNTS = (1, 3)               # encoder.layer.0 and encoder.layer.1
 
 def mobilevit_layer(g, x, prefix, cout, hidden, depth, dilation, config):
     """encoder.layer.{2,3,4}: (N, H, W, cin) -> (N, H/2, W/2, cout) (stride 1 when dilated)."""
-    act, k, p, eps = config.hidden_act, config.conv_kernel_size, config.patch_size, config.layer_norm_eps
+    act, k, p = config.hidden_act, config.conv_kernel_size, config.patch_size
+    eps = config.layer_norm_eps
     mlp = int(hidden * config.mlp_ratio)
     residual = inverted_residual(g, x, f"{prefix}.downsampling_layer", cout,
                                  stride=1 if dilation > 1 else 2, dilation=max(dilation // 2, 1),
@@ -35,15 +36,16 @@ def mobilevit_layer(g, x, prefix, cout, hidden, depth, dilation, config):
     t = g.unfold(fm, p, mode="resize")                          # -> (N, p*p, T, hid), T = ceil
     for j in range(depth):
         lp = f"{prefix}.transformer.layer.{j}"
-        y = g.layer_norm(t, f"{lp}.layernorm_before", eps)
+        y = g.layer_norm(t, f"{lp}.layernorm_before", eps)      # (N, P, T, hid)
         qkv = g.fused_linear(y, f"{lp}.attention.attention", ["query", "key", "value"], hidden,
                              bias=config.qkv_bias)              # -> (N, P, T, 3*hid)
-        a = g.multi_head_attention(qkv, f"{lp}.attention", config.num_attention_heads)
+        a = g.multi_head_attention(qkv, f"{lp}.attention",
+                                   config.num_attention_heads)  # -> (N, P, T, hid)
         t = g.linear(a, f"{lp}.attention.output.dense", hidden, residual=t)  # t + attn
-        y = g.layer_norm(t, f"{lp}.layernorm_after", eps)
+        y = g.layer_norm(t, f"{lp}.layernorm_after", eps)       # (N, P, T, hid)
         m = g.linear(y, f"{lp}.intermediate.dense", mlp, act=act)  # -> (N, P, T, mlp)
         t = g.linear(m, f"{lp}.output.dense", hidden, residual=t)  # t + mlp
-    t = g.layer_norm(t, f"{prefix}.layernorm", eps)
+    t = g.layer_norm(t, f"{prefix}.layernorm", eps)             # (N, P, T, hid)
     fm = g.fold(t, fm, p, mode="resize")                        # -> (N, h, w, hid)
     x = g.conv(fm, f"{prefix}.conv_projection", cout, bn_eps=BN_EPS,
                act=act)                                         # -> (N, h, w, C)

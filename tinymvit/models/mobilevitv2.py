@@ -43,14 +43,14 @@ def mobilevitv2_layer(g, x, prefix, cout, d, n_blocks, dilation, config):
     t = g.unfold(fm, p, mode="floor")                           # -> (N, p*p, h//p * w//p, d)
     for j in range(n_blocks):
         lp = f"{prefix}.transformer.layer.{j}"
-        y = g.group_norm(t, f"{lp}.layernorm_before", config.layer_norm_eps)
+        y = g.group_norm(t, f"{lp}.layernorm_before", config.layer_norm_eps)  # (N, P, T, d)
         qkv = g.conv(y, f"{lp}.attention.qkv_proj", 1 + 2 * d, bias=True)  # -> (N, P, T, 1+2d)
         a = g.separable_attention(qkv, f"{lp}.attention")       # -> (N, P, T, d)
         t = g.conv(a, f"{lp}.attention.out_proj", d, bias=True, residual=t)  # t + out_proj(a)
-        y = g.group_norm(t, f"{lp}.layernorm_after", config.layer_norm_eps)
+        y = g.group_norm(t, f"{lp}.layernorm_after", config.layer_norm_eps)   # (N, P, T, d)
         h = g.conv(y, f"{lp}.ffn.conv1", ffn, bias=True, act=act)   # -> (N, P, T, ffn)
         t = g.conv(h, f"{lp}.ffn.conv2", d, bias=True, residual=t)  # -> (N, P, T, d), t + ffn
-    t = g.group_norm(t, f"{prefix}.layernorm", config.layer_norm_eps)
+    t = g.group_norm(t, f"{prefix}.layernorm", config.layer_norm_eps)      # (N, P, T, d)
     fm = g.fold(t, fm, p, mode="floor")                         # -> (N, h, w, d), leftovers = 0
     return g.conv(fm, f"{prefix}.conv_projection", cout,
                   bn_eps=BN_EPS)                                # -> (N, h, w, cout), no act
