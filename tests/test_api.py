@@ -102,3 +102,41 @@ def test_convert_round_trip_keeps_tensors_and_metadata(v1, tmp_path):
     x = np.random.default_rng(4).standard_normal((1, 3, 96, 96)).astype(np.float32)
     np.testing.assert_array_equal(a(x).logits, b(x).logits)
     assert b.preprocess(np.zeros((100, 140, 3), np.uint8)).shape == (1, 3, 96, 96)
+
+
+_INHERITED = {}  # a forked child sees the parent's loaded model here
+
+
+def _child_logits(source, x):
+    try:
+        model = _INHERITED["model"] if source is None else tinymvit.load(source)
+        return model(x).logits
+    except tinymvit.ThreadingError as exc:
+        return str(exc)
+
+
+def test_forked_child_gets_an_answer_not_a_hang(v1):
+    """GNU OpenMP cannot run in a child forked after the parent used it: the child must get a
+    clear ThreadingError (or, on the fork-safe TBB layer, the right answer) - never hang."""
+    import multiprocessing as mp
+
+    import numba
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    expected = v1(x).logits                              # the parent starts the thread pool
+    _INHERITED["model"] = v1
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_child_logits, (None, x)).get(timeout=120)
+    if numba.threading_layer() == "omp":
+        assert isinstance(got, str) and "forked" in got and "spawn" in got
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_spawned_child_runs(v1):
+    """The recommended start method for apps that use processes works."""
+    import multiprocessing as mp
+    x = np.random.default_rng(6).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with mp.get_context("spawn").Pool(1) as pool:
+        got = pool.apply_async(_child_logits, (v1.source, x)).get(timeout=300)
+    assert not isinstance(got, str), got
+    np.testing.assert_allclose(got, v1(x).logits, rtol=1e-5, atol=1e-5)

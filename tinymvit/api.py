@@ -14,7 +14,7 @@ import numpy as np
 
 from . import kernels
 from .config import Config
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, ThreadingError
 from .graph import GraphBuilder, InputTooSmall
 from .models import BUILDERS, backbone_prefix
 from .preprocess import ImageProcessor
@@ -25,6 +25,16 @@ from .weightstore import WeightStore
 # entered from two threads at once: serialise model calls in that case.
 _WORKQUEUE_LOCK = None if kernels.THREAD_SAFE_LAYER else threading.Lock()
 _default_threads = None  # set by tinymvit.set_num_threads; None = every core
+
+
+def _check_not_forked_after_openmp():
+    if kernels.FORKED_AFTER_OPENMP:
+        raise ThreadingError(
+            "this process was forked after its parent ran tinymvit kernels on Numba's OpenMP "
+            "threading layer, and GNU OpenMP cannot run in such a child (it would hang). Use "
+            "multiprocessing's 'spawn' or 'forkserver' start method, or run models only in the "
+            "children, or make TBB available (pip/conda install tbb) so tinymvit picks Numba's "
+            "fork-safe TBB layer")
 
 
 class ModelOutput:
@@ -122,6 +132,7 @@ class Model:
     def __call__(self, pixel_values, output_hidden_states=False):
         """Run the model on ``pixel_values`` (N, C, H, W) float32, as HF's processor makes them."""
         x = self._check_pixel_values(pixel_values)
+        _check_not_forked_after_openmp()
         numba.set_num_threads(self._threads())
         try:
             if _WORKQUEUE_LOCK is None:
@@ -143,6 +154,7 @@ class Model:
         Returns [(node description, seconds), ...]; handy to see where time goes.
         """
         x = self._check_pixel_values(pixel_values)
+        _check_not_forked_after_openmp()
         numba.set_num_threads(self._threads())
         self.graph.run(x)                                   # warm-up (JIT, planning)
         runs = []

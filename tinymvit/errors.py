@@ -15,3 +15,7 @@ class ConfigError(TinyMViTError, ValueError):
 
 class InputError(TinyMViTError, ValueError):
     """``pixel_values`` (or another call argument) has the wrong type, dtype, shape or size."""
+
+
+class ThreadingError(TinyMViTError, RuntimeError):
+    """The process cannot run parallel kernels safely (e.g. forked after OpenMP was started)."""
