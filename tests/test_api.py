@@ -140,3 +140,10 @@ def test_spawned_child_runs(v1):
         got = pool.apply_async(_child_logits, (v1.source, x)).get(timeout=300)
     assert not isinstance(got, str), got
     np.testing.assert_allclose(got, v1(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_plans_are_bounded_for_many_input_sizes(v1):
+    """An app feeding photos of many sizes must not keep one set of buffers per size."""
+    for i in range(10):
+        v1(np.zeros((1, 3, 40 + 8 * i, 48), np.float32))
+    assert len(v1.graph._pool) <= v1.graph.MAX_CACHED_SHAPES

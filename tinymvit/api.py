@@ -240,7 +240,12 @@ class Model:
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive int, got {top_k!r}")
         batch = isinstance(image, (list, tuple))
-        probs = softmax(self(self.preprocess(image)).logits, axis=-1)
+        images = list(image) if batch else [image]
+        if self.processor.do_center_crop:          # one batch: every image ends the same size
+            logits = self(self.preprocess(images)).logits
+        else:                                      # sizes may differ: one call per image
+            logits = np.concatenate([self(self.preprocess(im)).logits for im in images])
+        probs = softmax(logits, axis=-1)
         results = [_top_k(row, top_k, self.id2label) for row in probs]
         return results if batch else results[0]
 

@@ -8,12 +8,14 @@ builder tracks their channel counts so every weight shape can be checked.
 Nothing is allocated per call: :class:`Plan` infers every tensor's shape for one
 input shape (padding included: TF-"SAME" padding depends on the input size), then
 gives each tensor a view into a flat float32 buffer, reusing a buffer once its
-tensor is dead.  Plans are cached per input shape and kept in a small pool, so
-several threads can run the same model at once without sharing buffers.
+tensor is dead.  Plans are cached per input shape (the most recent few shapes) and kept
+in a small pool, so several threads can run the same model at once without sharing
+buffers.
 
 All activations are NHWC float32: (N, H, W, C) maps, (N, P, T, C) patch tokens,
 (N, C) vectors.
 """
+import collections
 import math
 import threading
 import time
@@ -329,9 +331,11 @@ class Graph:
     (or None) and 'hidden_states' to a list of names.
     """
 
+    MAX_CACHED_SHAPES = 4  # plans (and their buffers) kept for this many recent input shapes
+
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
-        self._pool, self._lock = {}, threading.Lock()
+        self._pool, self._lock = collections.OrderedDict(), threading.Lock()
 
     def _kept(self, with_hidden):
         names = [v for k, v in self.outputs.items() if k != "hidden_states" and v]
@@ -364,6 +368,9 @@ class Graph:
     def _release(self, key, plan):
         with self._lock:
             self._pool.setdefault(key, []).append(plan)
+            self._pool.move_to_end(key)
+            while len(self._pool) > self.MAX_CACHED_SHAPES:  # e.g. segment() on photos of
+                self._pool.popitem(last=False)               # many sizes: bound the memory
 
     def run(self, x, with_hidden=False, timings=None):
         """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
