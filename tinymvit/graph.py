@@ -105,17 +105,17 @@ class Conv(Node):
         residual = ins[1] if len(ins) > 1 else None
         fused = self.act <= act_mod.MAX_FUSED         # ReLU/ReLU6/SiLU: in the kernel's epilogue
         act = self.act if fused else act_mod.ACT_NONE
-        if self.kind == "pointwise" and (fused or residual is None):
-            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out, residual)
-        elif self.kind == "pointwise":
-            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out)
+        fuse_residual = self.kind == "pointwise" and fused   # out = act(conv) + residual
+        if self.kind == "pointwise":
+            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out,
+                                     residual if fuse_residual else None)
         else:
             top, left = args
             fn = depthwise.depthwise_conv if self.kind == "depthwise" else conv.conv2d
             fn(ins[0], self.weight, self.bias, self.stride, self.dilation, top, left, act, out)
         if not fused:
             act_mod.activation(out, self.act)          # rare activations: a separate pass
-        if residual is not None and (self.kind != "pointwise" or not fused):
+        if residual is not None and not fuse_residual:
             out += residual
 
 
