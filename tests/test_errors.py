@@ -57,6 +57,12 @@ def test_truncated_safetensors(good, tmp_path):
         tinymvit.load(folder)
 
 
+def _edit_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
 def _edit_tensors(folder, edit):
     tensors = load_file(str(folder / "model.safetensors"))
     edit(tensors)
@@ -97,18 +103,14 @@ def test_wrong_dtype_named(good, tmp_path):
 
 def test_config_does_not_match_weights(good, tmp_path):
     folder = _copy(good, tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["width_multiplier"] = 1.0
-    (folder / "config.json").write_text(json.dumps(cfg))
+    _edit_config(folder, width_multiplier=1.0)
     with pytest.raises(CheckpointError, match="conv_stem.convolution.weight' has shape"):
         tinymvit.load(folder)
 
 
 def test_unknown_architecture(good, tmp_path):
     folder = _copy(good, tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["model_type"] = "resnet"
-    (folder / "config.json").write_text(json.dumps(cfg))
+    _edit_config(folder, model_type="resnet")
     with pytest.raises(ConfigError, match="unsupported architecture model_type='resnet'.*mobilevitv2"):
         tinymvit.load(folder)
 
@@ -122,9 +124,7 @@ def test_invalid_config_json(good, tmp_path):
 
 def test_bad_output_stride(good, tmp_path):
     folder = _copy(good, tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["output_stride"] = 4
-    (folder / "config.json").write_text(json.dumps(cfg))
+    _edit_config(folder, output_stride=4)
     with pytest.raises(ConfigError, match="output_stride must be 8, 16 or 32, got 4"):
         tinymvit.load(folder)
 
@@ -205,8 +205,6 @@ def test_bad_preprocessor_config_fails_at_load(tmp_path):
 
 def test_unsupported_hidden_act(good, tmp_path):
     folder = _copy(good, tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["hidden_act"] = "swiglu"
-    (folder / "config.json").write_text(json.dumps(cfg))
+    _edit_config(folder, hidden_act="swiglu")
     with pytest.raises(ConfigError, match="hidden_act 'swiglu' is not supported.*relu6"):
         tinymvit.load(folder)

@@ -33,11 +33,14 @@ def _rgb(path):
     return ImageOps.exif_transpose(Image.open(path)).convert("RGB")
 
 
+def _load_both(folder, hf_class):
+    """(folder, transformers model, tinymvit model) of one checkpoint folder."""
+    return folder, hf_class.from_pretrained(str(folder)).eval(), tinymvit.load(folder)
+
+
 @pytest.fixture(scope="module")
 def cls_models(shared_checkpoint):
-    folder = shared_checkpoint(CLS)
-    hf = transformers.MobileNetV2ForImageClassification.from_pretrained(str(folder)).eval()
-    return folder, hf, tinymvit.load(folder)
+    return _load_both(shared_checkpoint(CLS), transformers.MobileNetV2ForImageClassification)
 
 
 def test_classification_matches_transformers_on_every_image(cls_models, shared_images):
@@ -73,9 +76,7 @@ def test_known_predictions(cls_models, shared_dir):
 
 @pytest.fixture(scope="module")
 def seg_models(shared_checkpoint):
-    folder = shared_checkpoint(SEG)
-    hf = transformers.MobileNetV2ForSemanticSegmentation.from_pretrained(str(folder)).eval()
-    return folder, hf, tinymvit.load(folder)
+    return _load_both(shared_checkpoint(SEG), transformers.MobileNetV2ForSemanticSegmentation)
 
 
 def test_segmentation_matches_transformers_on_every_image(seg_models, shared_images):

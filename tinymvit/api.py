@@ -140,8 +140,8 @@ class Model:
             else:
                 with _WORKQUEUE_LOCK:
                     res = self.graph.run(x, with_hidden=output_hidden_states)
-        except InputTooSmall:
-            raise InputError(self._too_small_message(x.shape)) from None
+        except InputTooSmall as exc:
+            raise InputError(self._too_small_message(x.shape, exc)) from None
         out = {k: (_nchw(res[v]) if v else None) for k, v in self.graph.outputs.items()
                if k != "hidden_states"}
         if output_hidden_states:
@@ -204,16 +204,10 @@ class Model:
                 break
         return self._min_size
 
-    def _too_small_message(self, shape):
-        n = self.min_input_size()
-        try:
-            self.graph.shapes(shape)
-            detail = ""
-        except InputTooSmall as exc:
-            detail = f" ({exc})"
+    def _too_small_message(self, shape, exc):
         return (f"input {shape[2]}x{shape[3]} is too small for this {self.family} model at "
                 f"output_stride {self.config.output_stride}: height and width must be at least "
-                f"{n} pixels{detail}")
+                f"{self.min_input_size()} pixels ({exc})")
 
     # -- images in, answers out ------------------------------------------------------------
     def preprocess(self, images):

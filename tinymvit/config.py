@@ -37,8 +37,7 @@ class Config:
     """Attribute access to a model config, HF field names, HF defaults filled in.
 
     ``Config.from_dict(d)`` validates ``model_type`` and the values the engine
-    depends on.  ``to_dict()`` returns the JSON-able dict (as it was read, plus
-    defaults) used when a checkpoint is converted.
+    depends on.
     """
 
     def __init__(self, fields):
@@ -74,11 +73,6 @@ class Config:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"could not read {path} as JSON: {exc}") from None
         return cls.from_dict(raw, source=str(path))
-
-    def to_dict(self):
-        d = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        d["id2label"] = {str(k): v for k, v in self.id2label.items()}
-        return d
 
     def __repr__(self):
         return f"Config(model_type={self.model_type!r}, ...)"
@@ -143,8 +137,4 @@ def make_divisible(value, divisor=8, min_value=None):
     return int(new_value)
 
 
-def ceil_div(a, b):
-    return -(-a // b)
-
-
-__all__ = ["Config", "FAMILIES", "make_divisible", "ceil_div"]
+__all__ = ["Config", "FAMILIES", "make_divisible"]

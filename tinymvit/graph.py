@@ -282,7 +282,6 @@ class Plan:
         shapes, self.args = graph.infer(input_shape)
         scratch_shapes = [node.scratch_shape(args) if hasattr(node, "scratch_shape") else None
                           for node, args in zip(graph.nodes, self.args)]
-        self.shapes = shapes
 
         # Liveness: a tensor's buffer returns to the free list after its last reader ran.
         last_use = {}
@@ -291,7 +290,6 @@ class Plan:
                 last_use[name] = idx
         keep = set(keep)
         free, self.views, self.scratch = [], {}, []
-        self.nbytes = 0
 
         def take(shape):
             size = max(1, int(np.prod(shape)))
@@ -300,7 +298,6 @@ class Plan:
                 buf = free.pop(min(fits, key=lambda i: free[i].size))  # best fit
             else:
                 buf = np.empty(size, np.float32)
-                self.nbytes += buf.nbytes
             return buf
 
         owner = {}

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .config import FAMILIES
 from .errors import ConfigError, InputError
 from .images import load_image
 
 __all__ = ["ImageProcessor", "SegmentationMeta", "FAMILIES", "RESAMPLE_NAMES"]
 
-FAMILIES = ("mobilevit", "mobilevitv2", "mobilenet_v2")
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 IMAGENET_STANDARD = [0.5, 0.5, 0.5]
 
