@@ -17,8 +17,11 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import types
 from numba.extending import intrinsic
+
+from .policy import arenas, check, check_array, helper, job
+from .simd import vadd, vdiv, vfloor, vfma, vmax, vmin, vmul, vpow2i, vsplat, vsub
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -44,6 +47,7 @@ _BY_NAME = {None: ACT_NONE, "none": ACT_NONE, "identity": ACT_NONE, "linear": AC
             "tanh": ACT_TANH, "hardswish": ACT_HARDSWISH, "mish": ACT_MISH,
             "leaky_relu": ACT_LEAKY_RELU, "relu2": ACT_RELU2}
 SUPPORTED = tuple(sorted(k for k in _BY_NAME if k is not None))
+_CODES = set(_BY_NAME.values())
 
 
 def act_code(name):
@@ -67,7 +71,7 @@ def _pow2_f32(typingctx, n):
     return types.float32(types.float32), codegen
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+@helper
 def exp_f32(x):
     """exp(x) for float32 x, inlinable and vectorisable (clamped to the float32 range)."""
     x = min(max(x, np.float32(-87.3)), np.float32(88.0))
@@ -82,7 +86,7 @@ def exp_f32(x):
     return (p * r * r + r + np.float32(1.0)) * _pow2_f32(n)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+@helper
 def apply_act(v, act):
     """Apply activation ``act`` (ReLU, ReLU6, SiLU or none) to the float32 scalar ``v``.
 
@@ -101,7 +105,35 @@ def apply_act(v, act):
 MAX_FUSED = ACT_SILU  # codes 0..MAX_FUSED may be fused into producing kernels via apply_act
 
 
-@njit(fastmath=False, cache=True)
+@helper
+def vexp(x):
+    """exp of every lane of a vector: :func:`exp_f32`'s method, VEC lanes at once."""
+    x = vmin(vmax(x, vsplat(-87.3)), vsplat(88.0))
+    n = vfloor(vfma(x, vsplat(1.44269504), vsplat(0.5)))            # round(x / ln2)
+    r = vfma(n, vsplat(-0.693359375), x)                              # x - n*ln2, 2 parts
+    r = vfma(n, vsplat(2.12194440e-4), r)
+    p = vsplat(1.9875691500e-4)
+    p = vfma(p, r, vsplat(1.3981999507e-3))
+    p = vfma(p, r, vsplat(8.3334519073e-3))
+    p = vfma(p, r, vsplat(4.1665795894e-2))
+    p = vfma(p, r, vsplat(1.6666665459e-1))
+    p = vfma(p, r, vsplat(5.0000001201e-1))
+    return vmul(vfma(vmul(p, r), r, vadd(r, vsplat(1.0))), vpow2i(n))
+
+
+@helper
+def vact(v, act):
+    """Activation ``act`` (ReLU, ReLU6, SiLU or none) of every lane; NaN stays NaN."""
+    if act == ACT_RELU:
+        return vmax(v, vsplat(0.0))
+    if act == ACT_RELU6:
+        return vmin(vmax(v, vsplat(0.0)), vsplat(6.0))
+    if act == ACT_SILU:
+        return vdiv(v, vadd(vsplat(1.0), vexp(vsub(vsplat(0.0), v))))
+    return v
+
+
+@helper
 def _rare_act(v, act):
     """The uncommon activations, in float64 (never on a hot path of a published model)."""
     if act == ACT_GELU:
@@ -125,23 +157,46 @@ def _rare_act(v, act):
     return v
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _activation_rows(x2d, act):
-    for i in prange(x2d.shape[0]):
-        row = x2d[i]
-        if act <= MAX_FUSED:
-            for j in range(row.shape[0]):
-                row[j] = apply_act(row[j], act)
-        else:
-            for j in range(row.shape[0]):
-                row[j] = np.float32(_rare_act(np.float64(row[j]), act))
+# fields of an "activation" op row (after [code, jobs]): count floats at A[x_off], in place
+ACTIVATION_FIELDS = ("x_off", "count", "act", "per_job")
 
 
-def activation(x, act):
+@job
+def activation_job(pa, a_size, pw, w_size, pp, j):
+    """Floats j*per_job ... of the op's range: x = act(x), in place."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, count, act, per = p[2], p[3], p[4], p[5]
+    lo = x_off + j * per
+    hi = x_off + min(count, j * per + per)
+    if act <= MAX_FUSED:
+        for i in range(lo, hi):
+            A[i] = apply_act(A[i], act)
+    else:
+        for i in range(lo, hi):
+            A[i] = np.float32(_rare_act(np.float64(A[i]), act))
+
+
+def activation_op(x_off, count, act, threads=1):
+    """The op applying activation ``act`` to ``count`` floats at A[x_off], in place."""
+    per = max(4096, -(-count // (4 * threads)))
+    from .program import Op
+    return Op("activation", -(-count // per), (x_off, count, act, per))
+
+
+def activation(x, act, threads=None):
     """Apply ``act`` to the C-contiguous float32 array ``x`` in place; returns ``x``."""
-    assert x.dtype == np.float32 and x.flags.c_contiguous
+    from .program import Arena, run_ops
+    from .workers import default_threads
+
+    check_array(x, "x")
+    check(act in _CODES, f"unknown activation code {act}")
     if act != ACT_NONE and x.size:
-        _activation_rows(x.reshape(-1, x.shape[-1]), act)
+        A = Arena()
+        xo = A.add(x)
+        threads = threads or default_threads()
+        arena = run_ops([activation_op(xo, x.size, act, threads)], A.build(), Arena().build(),
+                        threads)
+        x[...] = arena[xo:xo + x.size].reshape(x.shape)
     return x
 
 

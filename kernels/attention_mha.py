@@ -11,7 +11,7 @@ tokens, ``qkv[s, n] = [q (h) | k (h) | v (h)]``.  The h features are split into
 and the heads are concatenated back to h features.  The output dense layer is
 NOT part of this kernel.
 
-The N x N attention matrix is never stored: every parallel task takes one
+The N x N attention matrix is never stored: every parallel job takes one
 (sequence, head, block of queries), copies that head's K and V transposed to
 (hd, N) so that the loops over keys are contiguous (they vectorise), and then
 handles four query rows at a time: scores rows, max, exp, sum, weighted sums of V.
@@ -19,91 +19,93 @@ handles four query rows at a time: scores rows, max, exp, sum, weighted sums of 
 import math
 
 import numpy as np
-from numba import njit, prange
 
 from .activations import exp_f32
+from .policy import arenas, check, check_array, helper, job
 
-_QUERY_BLOCK = 64  # queries per parallel task (the K/V transpose is amortised over them)
-_QR = 4            # queries computed together in the inner loops
+QUERY_BLOCK = 64  # queries per parallel job (the K/V transpose is amortised over them)
+_QR = 4           # queries computed together in the inner loops
+
+# fields of a "mha" op row, after [code, jobs]: qkv (S, N, 3h) at x_off, out (S, N, h) at o_off
+MHA_FIELDS = ("x_off", "S", "N", "h", "heads", "o_off")
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _mha_kernel(qkv, num_heads, out):
-    # qkv: (S, N, 3h);  out: (S, N, h)
-    S, N, _ = qkv.shape
-    h = out.shape[2]
+@job
+def mha_job(pa, a_size, pw, w_size, pp, job):
+    """Job = (sequence s, head j, block of QUERY_BLOCK queries)."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, n_seq, N, h, num_heads, o_off = p[2], p[3], p[4], p[5], p[6], p[7]
     hd = h // num_heads
     scale = np.float32(1.0 / math.sqrt(hd))
-    n_blocks = (N + _QUERY_BLOCK - 1) // _QUERY_BLOCK
-    for task in prange(S * num_heads * n_blocks):
-        s = task // (num_heads * n_blocks)
-        j = (task // n_blocks) % num_heads
-        i0 = (task % n_blocks) * _QUERY_BLOCK
-        i1 = min(N, i0 + _QUERY_BLOCK)
-        q_off = j * hd
-        k_off = h + j * hd
-        v_off = 2 * h + j * hd
+    n_blocks = (N + QUERY_BLOCK - 1) // QUERY_BLOCK
+    s = job // (num_heads * n_blocks)
+    j = (job // n_blocks) % num_heads
+    i0 = (job % n_blocks) * QUERY_BLOCK
+    i1 = min(N, i0 + QUERY_BLOCK)
+    q_off = j * hd
+    k_off = h + j * hd
+    v_off = 2 * h + j * hd
 
-        # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed
-        kt = np.empty((hd, N), np.float32)  # (hd, N)
-        vt = np.empty((hd, N), np.float32)  # (hd, N)
-        for t in range(hd):  # t outer: contiguous writes (rows of kt are 4N bytes apart)
+    # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed
+    kt = np.empty((hd, N), np.float32)  # (hd, N)
+    vt = np.empty((hd, N), np.float32)  # (hd, N)
+    for t in range(hd):  # t outer: contiguous writes (rows of kt are 4N bytes apart)
+        for m in range(N):
+            kt[t, m] = A[x_off + (s * N + m) * 3 * h + k_off + t] * scale
+            vt[t, m] = A[x_off + (s * N + m) * 3 * h + v_off + t]
+
+    # Queries go 4 at a time: every key/value element loaded from kt/vt feeds 4 FMAs
+    # (one per query) instead of 1, which is what limits this loop (kt, vt sit in L2).
+    sc = np.empty((_QR, N), np.float32)  # (4, N) scores, then exp(scores - max)
+    for ib in range(i0, i1, _QR):
+        qi0 = ib                         # query rows; past the block end, repeat the last
+        qi1 = min(ib + 1, i1 - 1)        # one (computed, never stored)
+        qi2 = min(ib + 2, i1 - 1)
+        qi3 = min(ib + 3, i1 - 1)
+        s0, s1, s2, s3 = sc[0], sc[1], sc[2], sc[3]
+        for m in range(N):
+            s0[m] = 0.0
+            s1[m] = 0.0
+            s2[m] = 0.0
+            s3[m] = 0.0
+        for t in range(hd):              # scores[r, m] = q_r . k_m / sqrt(hd)
+            a0 = A[x_off + (s * N + qi0) * 3 * h + q_off + t]
+            a1 = A[x_off + (s * N + qi1) * 3 * h + q_off + t]
+            a2 = A[x_off + (s * N + qi2) * 3 * h + q_off + t]
+            a3 = A[x_off + (s * N + qi3) * 3 * h + q_off + t]
+            krow = kt[t]
             for m in range(N):
-                kt[t, m] = qkv[s, m, k_off + t] * scale
-                vt[t, m] = qkv[s, m, v_off + t]
-
-        # Queries go 4 at a time: every key/value element loaded from kt/vt feeds 4 FMAs
-        # (one per query) instead of 1, which is what limits this loop (kt, vt sit in L2).
-        sc = np.empty((_QR, N), np.float32)  # (4, N) scores, then exp(scores - max)
-        for ib in range(i0, i1, _QR):
-            qi0 = ib                         # query rows; past the block end, repeat the last
-            qi1 = min(ib + 1, i1 - 1)        # one (computed, never stored)
-            qi2 = min(ib + 2, i1 - 1)
-            qi3 = min(ib + 3, i1 - 1)
-            s0, s1, s2, s3 = sc[0], sc[1], sc[2], sc[3]
+                k = krow[m]
+                s0[m] += a0 * k
+                s1[m] += a1 * k
+                s2[m] += a2 * k
+                s3[m] += a3 * k
+        inv0 = _softmax_numerator_inplace(s0)
+        inv1 = _softmax_numerator_inplace(s1)
+        inv2 = _softmax_numerator_inplace(s2)
+        inv3 = _softmax_numerator_inplace(s3)
+        for t in range(hd):              # y_r = sum_m softmax_r[m] * v_m
+            vrow = vt[t]
+            c0 = np.float32(0.0)
+            c1 = np.float32(0.0)
+            c2 = np.float32(0.0)
+            c3 = np.float32(0.0)
             for m in range(N):
-                s0[m] = 0.0
-                s1[m] = 0.0
-                s2[m] = 0.0
-                s3[m] = 0.0
-            for t in range(hd):              # scores[r, m] = q_r . k_m / sqrt(hd)
-                a0 = qkv[s, qi0, q_off + t]
-                a1 = qkv[s, qi1, q_off + t]
-                a2 = qkv[s, qi2, q_off + t]
-                a3 = qkv[s, qi3, q_off + t]
-                krow = kt[t]
-                for m in range(N):
-                    k = krow[m]
-                    s0[m] += a0 * k
-                    s1[m] += a1 * k
-                    s2[m] += a2 * k
-                    s3[m] += a3 * k
-            inv0 = _softmax_numerator_inplace(s0)
-            inv1 = _softmax_numerator_inplace(s1)
-            inv2 = _softmax_numerator_inplace(s2)
-            inv3 = _softmax_numerator_inplace(s3)
-            for t in range(hd):              # y_r = sum_m softmax_r[m] * v_m
-                vrow = vt[t]
-                c0 = np.float32(0.0)
-                c1 = np.float32(0.0)
-                c2 = np.float32(0.0)
-                c3 = np.float32(0.0)
-                for m in range(N):
-                    v = vrow[m]
-                    c0 += s0[m] * v
-                    c1 += s1[m] * v
-                    c2 += s2[m] * v
-                    c3 += s3[m] * v
-                out[s, qi0, q_off + t] = c0 * inv0
-                if ib + 1 < i1:
-                    out[s, qi1, q_off + t] = c1 * inv1
-                if ib + 2 < i1:
-                    out[s, qi2, q_off + t] = c2 * inv2
-                if ib + 3 < i1:
-                    out[s, qi3, q_off + t] = c3 * inv3
+                v = vrow[m]
+                c0 += s0[m] * v
+                c1 += s1[m] * v
+                c2 += s2[m] * v
+                c3 += s3[m] * v
+            A[o_off + (s * N + qi0) * h + q_off + t] = c0 * inv0
+            if ib + 1 < i1:
+                A[o_off + (s * N + qi1) * h + q_off + t] = c1 * inv1
+            if ib + 2 < i1:
+                A[o_off + (s * N + qi2) * h + q_off + t] = c2 * inv2
+            if ib + 3 < i1:
+                A[o_off + (s * N + qi3) * h + q_off + t] = c3 * inv3
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+@helper
 def _softmax_numerator_inplace(row):
     """row <- exp(row - max(row)); returns 1 / sum (the sum accumulated in float64)."""
     rmax = row[0]
@@ -117,6 +119,18 @@ def _softmax_numerator_inplace(row):
     return np.float32(1.0 / total)
 
 
+def mha_op(x_off, qkv_shape, num_heads, o_off):
+    """The op for qkv (S, N, 3h); jobs = sequences x heads x blocks of queries."""
+    check(len(qkv_shape) == 3 and qkv_shape[2] % 3 == 0, f"qkv must be (S, N, 3h), got "
+                                                         f"{qkv_shape}")
+    S, N, h3 = qkv_shape
+    h = h3 // 3
+    check(isinstance(num_heads, (int, np.integer)) and num_heads >= 1 and h % num_heads == 0,
+          f"{num_heads} heads do not divide h={h}")
+    from .program import Op
+    return Op("mha", S * num_heads * -(-N // QUERY_BLOCK), (x_off, S, N, h, num_heads, o_off))
+
+
 def multi_head_attention(qkv, num_heads, out):
     """Multi-head scaled dot-product attention (MobileViT v1), channels last.
 
@@ -127,17 +141,19 @@ def multi_head_attention(qkv, num_heads, out):
                output dense layer is not applied).
     out[s, :, head j] = softmax(Q_j K_j^T / sqrt(hd)) V_j.   Returns ``out``.
     """
-    assert qkv.dtype == np.float32 and qkv.flags.c_contiguous, "qkv must be C-contiguous float32"
-    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
-    assert qkv.ndim == 3 and out.ndim == 3, "qkv must be (S, N, 3h) and out (S, N, h)"
+    from .program import Arena, run_ops
+
+    check_array(qkv, "qkv", 3)
+    check_array(out, "out", 3)
     S, N, H3 = qkv.shape
-    h = H3 // 3
-    assert H3 == 3 * h, f"qkv last axis {H3} is not a multiple of 3"
-    assert out.shape == (S, N, h), f"out shape {out.shape} != {(S, N, h)}"
-    num_heads = int(num_heads)
-    assert num_heads >= 1 and h % num_heads == 0, f"{num_heads} heads do not divide h={h}"
-    if out.size:
-        _mha_kernel(qkv, num_heads, out)
+    check(H3 % 3 == 0, f"qkv last axis {H3} is not a multiple of 3")
+    check(out.shape == (S, N, H3 // 3), f"out shape {out.shape} != {(S, N, H3 // 3)}")
+    if out.size == 0:
+        return out
+    A = Arena()
+    xo, oo = A.add(qkv), A.add(size=out.size)
+    arena = run_ops([mha_op(xo, qkv.shape, num_heads, oo)], A.build(), Arena().build())
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
 
 

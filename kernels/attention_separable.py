@@ -15,38 +15,51 @@ The softmax sum and the context vector are accumulated in float64.
 import math
 
 import numpy as np
-from numba import njit, prange
+
+from .policy import arenas, check, check_array, helper, job
+
+# fields of a "separable_attention" op row, after [code, jobs]: qkv (R, N, 1 + 2d) at x_off,
+# out (R, N, d) at o_off; R = B*P independent groups, one per job
+SEPARABLE_ATTENTION_FIELDS = ("x_off", "R", "N", "d", "o_off")
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _separable_attention_kernel(qkv, out):
-    # qkv: (R, N, 1 + 2d) with R = B*P independent groups;  out: (R, N, d)
-    R, N, _ = qkv.shape
-    d = out.shape[2]
-    cv = np.empty((R, d), np.float32)  # (R, d) context vectors
-
-    # phase 1: softmax over n of the query channel, then the context vector
-    for r in prange(R):
-        qmax = qkv[r, 0, 0]
-        for n in range(1, N):
-            qmax = max(qmax, qkv[r, n, 0])
-        acc = np.zeros(d, np.float64)  # (d,) un-normalised context vector
-        denom = 0.0
-        for n in range(N):
-            e = math.exp(np.float64(qkv[r, n, 0] - qmax))
-            denom += e
-            for c in range(d):
-                acc[c] += e * qkv[r, n, 1 + c]
-        inv = 1.0 / denom
+@job
+def separable_attention_job(pa, a_size, pw, w_size, pp, r):
+    """Group r: softmax of its query channel over the N patches, the context vector, and
+    out = relu(V) * cv.  The softmax sum and the context vector accumulate in float64."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, n_tok, d, o_off = p[2], p[4], p[5], p[6]
+    width = 1 + 2 * d
+    x0 = x_off + r * n_tok * width                       # qkv[r, 0, 0]
+    o0 = o_off + r * n_tok * d                           # out[r, 0, 0]
+    qmax = A[x0]
+    for n in range(1, n_tok):
+        qmax = max(qmax, A[x0 + n * width])
+    acc = np.zeros(d, np.float64)                        # (d,) un-normalised context vector
+    denom = 0.0
+    for n in range(n_tok):
+        row = x0 + n * width
+        e = math.exp(np.float64(A[row] - qmax))
+        denom += e
         for c in range(d):
-            cv[r, c] = np.float32(acc[c] * inv)
-
-    # phase 2: out = relu(V) * cv, broadcast over the N patches
-    for rn in prange(R * N):
-        r = rn // N
-        n = rn % N
+            acc[c] += e * A[row + 1 + c]
+    cv = np.empty(d, np.float32)                         # (d,) context vector
+    for c in range(d):
+        cv[c] = np.float32(acc[c] / denom)
+    for n in range(n_tok):
+        row = x0 + n * width + 1 + d
+        out = o0 + n * d
         for c in range(d):
-            out[r, n, c] = max(qkv[r, n, 1 + d + c], np.float32(0.0)) * cv[r, c]
+            A[out + c] = max(A[row + c], np.float32(0.0)) * cv[c]
+
+
+def separable_attention_op(x_off, qkv_shape, o_off):
+    """The op for a qkv tensor (B, P, N, 1 + 2d); one job per (b, p)."""
+    check(len(qkv_shape) == 4 and qkv_shape[3] % 2 == 1, f"qkv must be (B, P, N, 1 + 2d), "
+                                                         f"got {qkv_shape}")
+    b, pp, n, width = qkv_shape
+    from .program import Op
+    return Op("separable_attention", b * pp, (x_off, b * pp, n, (width - 1) // 2, o_off))
 
 
 def separable_attention(qkv, out):
@@ -58,16 +71,20 @@ def separable_attention(qkv, out):
     For each (b, p): out[n, c] = relu(V[n, c]) * sum_m K[m, c] * softmax_m(q)[m].
     Returns ``out``.
     """
-    assert qkv.dtype == np.float32 and qkv.flags.c_contiguous, "qkv must be C-contiguous float32"
-    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
-    assert qkv.ndim == 4 and out.ndim == 4, "qkv and out must be (B, P, N, channels)"
+    from .program import Arena, run_ops
+
+    check_array(qkv, "qkv", 4)
+    check_array(out, "out", 4)
     B, P, N, D1 = qkv.shape
     d = out.shape[3]
-    assert D1 == 1 + 2 * d, f"qkv has {D1} channels, expected 1 + 2*{d}"
-    assert out.shape == (B, P, N, d), f"out shape {out.shape} != {(B, P, N, d)}"
-    if out.size:
-        _separable_attention_kernel(qkv.reshape(B * P, N, D1),
-                                    out.reshape(B * P, N, d))  # views (B*P, N, .)
+    check(D1 == 1 + 2 * d, f"qkv has {D1} channels, expected 1 + 2*{d}")
+    check(out.shape == (B, P, N, d), f"out shape {out.shape} != {(B, P, N, d)}")
+    if out.size == 0:
+        return out
+    A = Arena()
+    xo, oo = A.add(qkv), A.add(size=out.size)
+    arena = run_ops([separable_attention_op(xo, qkv.shape, oo)], A.build(), Arena().build())
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
 
 

@@ -17,7 +17,8 @@ computed once at load time (in float64, then rounded to float32).
 folding is exact.
 """
 import numpy as np
-from numba import njit, prange
+
+from .policy import check, check_array, kernel
 
 
 def _scale_shift(gamma, beta, mean, var, eps):
@@ -44,17 +45,18 @@ def fold_batchnorm(w, b, gamma, beta, mean, var, eps):
     return w_f.astype(np.float32), b_f.astype(np.float32)
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+@kernel
 def _affine_rows(x2, scale, shift, out2):
-    for m in prange(x2.shape[0]):
+    for m in range(x2.shape[0]):
         for c in range(x2.shape[1]):
             out2[m, c] = x2[m, c] * scale[c] + shift[c]
 
 
 def batchnorm(x, gamma, beta, mean, var, eps, out):
     """Standalone inference BatchNorm on channels-last x (..., C) into ``out``; returns ``out``."""
-    assert x.dtype == np.float32 and x.flags.c_contiguous
-    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == x.shape
+    check_array(x, "x")
+    check_array(out, "out")
+    check(out.shape == x.shape, f"out shape {out.shape} != x shape {x.shape}")
     scale, shift = _scale_shift(gamma, beta, mean, var, eps)
     c = x.shape[-1]
     _affine_rows(x.reshape(-1, c), scale.astype(np.float32), shift.astype(np.float32),

@@ -9,32 +9,27 @@ reading zeros outside the input (s = stride, d = dilation, both axes).  The
 output size is given by ``out``; bottom/right padding is whatever that size
 needs, so symmetric and TF-"SAME" (asymmetric) padding are the same kernel.
 
-Implementation: an *implicit GEMM* that reuses the pointwise micro-kernel.
+Implementation: an *implicit GEMM* on the pointwise kernel's register tile.
 Each output pixel is one row of a matrix A whose K = kh*kw*Cin columns are the
 input vectors seen by the kh*kw taps (the "im2col" row); then out = A @ W' with
 W' the weight reshaped to (kh*kw*Cin, Cout).  A is never materialised whole:
 each parallel job copies the rows of its chunk of MC output pixels into a small
-buffer (zeros where a tap falls in the padding) and runs the 4 x 16 register
-tiles of ``pointwise.micro_tile`` over it.
+buffer (zeros where a tap falls in the padding) and runs the MR x NR register
+tiles of ``simd.gemm_tile`` over it.
 
-Two refinements keep it at GEMM speed:
-
-* K is processed in blocks of whole taps (<= about 512 floats), so the slice of
-  a weight panel in use (K-block x 16 floats) stays in L1 while it is applied to
-  all tiles of the chunk; partial sums wait in a tiny (MC x 16) buffer.
-* A tap that falls in the padding for all 4 pixels of a tile is skipped.  With
-  large dilations on small maps (DeepLab ASPP: rates 6/12/18 on 32x32) most
-  off-centre taps only read padding, so this saves a large share of the work.
+A tap that falls in the padding for all MR pixels of a tile is skipped: the tile
+runs over the runs of consecutive live taps only.  With large dilations on small
+maps (DeepLab ASPP: rates 6/12/18 on 32x32) most off-centre taps only read
+padding, so this saves a large share of the work.
 """
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
 
-from .activations import ACT_NONE, apply_act
-from .pointwise import (MR, NR, TILE, act_reference_f64, axpy16, copy16, micro_tile,
-                        plan_jobs, prepare_pointwise_weight, stack_buffer_f32,
-                        store_partial_tile, zero_tile)
+from .pointwise import act_reference_f64, check_activation, pack_panels, plan_jobs, store_tile
+from .policy import arenas, check, check_array, helper, job
+from .simd import MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, zero_floats
+from .workers import default_threads
 
 
 # ---------------------------------------------------------------- padding arithmetic
@@ -66,21 +61,21 @@ def tf_same_pads(n, k, stride, dilation):
 
 # ---------------------------------------------------------------- weights
 ConvWeight = namedtuple("ConvWeight", "panels kh kw cin cout")
-ConvWeight.__doc__ = """Packed conv weight: ``panels`` (ceil(Cout/16), kh*kw*Cin, 16) float32 with
+ConvWeight.__doc__ = """Packed conv weight: ``panels`` (ceil(Cout/NR), kh*kw*Cin, NR) float32 with
 row index (a*kw + b)*Cin + c, i.e. the im2col column order; plus the kernel shape."""
 
 
 def prepare_conv_weight(w):
     """Pack a torch-layout conv weight (Cout, Cin, kh, kw) for :func:`conv2d` (once, at load)."""
     w = np.asarray(w, np.float32)
-    assert w.ndim == 4, f"expected (Cout, Cin, kh, kw), got {w.shape}"
+    check(w.ndim == 4, f"expected a (Cout, Cin, kh, kw) weight, got {w.shape}")
     cout, cin, kh, kw = w.shape
     w2 = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin)   # (Cout, kh*kw*Cin), im2col order
-    return ConvWeight(prepare_pointwise_weight(w2), kh, kw, cin, cout)
+    return ConvWeight(pack_panels(w2), kh, kw, cin, cout)
 
 
 # ---------------------------------------------------------------- the kernel
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+@helper
 def valid_taps(pos, k, dil, size):
     """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
     lo = 0
@@ -92,12 +87,16 @@ def valid_taps(pos, k, dil, size):
     return lo, hi
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l):
-    """cols3[r, a*kw + b, :] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, :] (or zeros)
-    for the output pixels m_lo + r = (img, i, j); live[r // MR, tap] |= tap is inside."""
-    _, h, w_in, cin = x.shape
-    taps = kh * kw
+@helper
+def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
+            pad_l):
+    """The im2col rows of output pixels m_lo .. m_lo + rows (pixel m = (img, i, j)):
+
+        cols[r*K + (a*kw + b)*cin + c] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, c]
+
+    or 0 where that tap falls in the padding (K = kh*kw*cin; x (N, H, W, cin) at
+    A[x_off]); live[r // MR, a*kw + b] is set when the tap reads real input."""
+    kt = kh * kw * cin
     img = m_lo // (ho * wo)              # pixel (img, i, j) of row 0, then counted up
     i = (m_lo // wo) % ho
     j = m_lo % wo
@@ -106,22 +105,16 @@ def _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_
         iw0 = j * stride - pad_l
         a_lo, a_hi = valid_taps(ih0, kh, dil, h)
         b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
+        row = r * kt
         if a_hi - a_lo < kh or b_hi - b_lo < kw:       # near the border: zeros first
-            for t in range(taps):
-                for c in range(cin):
-                    cols3[r, t, c] = np.float32(0.0)
+            zero_floats(cols, row, kt)
         for a in range(a_lo, a_hi):
             ih = ih0 + a * dil
             for b in range(b_lo, b_hi):
-                iw = iw0 + b * dil
                 t = a * kw + b
                 live[r // MR, t] = True
-                if cin == 3:        # RGB stem: fixed length avoids the vector-loop set-up
-                    for c in range(3):
-                        cols3[r, t, c] = x[img, ih, iw, c]
-                else:
-                    for c in range(cin):
-                        cols3[r, t, c] = x[img, ih, iw, c]
+                copy_floats(cols, row + t * cin, A,
+                            x_off + ((img * h + ih) * w_in + iw0 + b * dil) * cin, cin)
         j += 1
         if j == wo:
             j = 0
@@ -131,105 +124,129 @@ def _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_
                 img += 1
 
 
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _conv_job(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, tb,
-              m_lo, p_lo, p_hi):
-    """Output pixels m_lo:m_lo+mc x panels p_lo:p_hi: gather the im2col rows, then GEMM."""
-    cin = x.shape[3]
-    m_total, n_total = out2.shape        # out2 (N*Ho*Wo, Cout)
-    taps = kh * kw
+# fields of a "conv" op row, after [code, jobs]
+CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg")
+
+
+@job
+def conv_job(pa, a_size, pw, w_size, pp, j):
+    """Job j of a conv op: mc output pixels x pg panels -- gather their im2col rows into a
+    small buffer (zeros in the padding), then run the register tiles over the runs of
+    consecutive taps that read real input for the tile."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+                                                       p[9], p[10])
+    kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
+    pad_t, pad_l, mc, pg = p[18], p[19], p[20], p[21]
+    m_total = n_img * ho * wo
+    n_panels = (cout + NR - 1) // NR
+    n_groups = (n_panels + pg - 1) // pg
+    chunk = j // n_groups
+    group = j - chunk * n_groups
+    m_lo = chunk * mc
     rows = min(mc, m_total - m_lo)
-    cols3 = np.empty((mc, taps, cin), np.float32)      # im2col rows of this chunk
-    cols = cols3.reshape((mc, taps * cin))             # the same, as GEMM rows (MC, K)
-    live = np.zeros((mc // MR, taps), np.bool_)        # tap reads real input for the tile?
-    part = np.empty((mc, NR), np.float32)              # partial sums between K-blocks
-    acc = stack_buffer_f32(TILE)
-
-    # 1. gather the im2col rows (zeros in the padding) and the live-tap table
-    _gather(x, cols3, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t, pad_l)
-
-    # 2. GEMM: for each panel, K-blocks of tb taps, 4 x 16 tiles over the chunk
-    last = rows - 1
-    for p in range(p_lo, p_hi):
-        n0 = p * NR
-        ncols = min(NR, n_total - n0)
-        for t_lo in range(0, taps, tb):
-            t_hi = min(taps, t_lo + tb)
-            for r0 in range(0, rows, MR):
-                tile = r0 // MR
-                if t_lo == 0:
-                    zero_tile(acc)
-                else:                                  # resume the partial sums
-                    for q in range(MR):
-                        copy16(acc, q * NR, part, (r0 + q) * NR)
-                # runs of consecutive live taps -> one micro-kernel call each
-                t = t_lo
-                while t < t_hi:
-                    if not live[tile, t]:
-                        t += 1
-                        continue
-                    t_end = t + 1
-                    while t_end < t_hi and live[tile, t_end]:
-                        t_end += 1
-                    micro_tile(cols, r0, min(r0 + 1, last), min(r0 + 2, last),
-                               min(r0 + 3, last), t * cin, wp, p, (t_end - t) * cin, acc)
-                    t = t_end
-                if t_hi < taps:                        # park the partial sums
-                    for q in range(MR):
-                        copy16(part, (r0 + q) * NR, acc, q * NR)
+    taps = kh * kw
+    kt = taps * cin
+    cols = np.empty(mc * kt, np.float32)               # im2col rows of this chunk, r at r*kt
+    live = np.zeros((mc // MR + 1, taps), np.bool_)    # tap reads real input for the tile?
+    acc = stack_buffer(TILE)
+    _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
+            pad_l)
+    for pp in range(group * pg, min(n_panels, group * pg + pg)):
+        n0 = pp * NR
+        ncols = min(NR, cout - n0)
+        for r0 in range(0, rows, MR):
+            tile = r0 // MR
+            nrows = min(MR, rows - r0)
+            started = False
+            t = 0
+            while t < taps:                            # runs of live taps
+                if not live[tile, t]:
+                    t += 1
                     continue
-                # epilogue as in pointwise._pointwise_job: out = act(acc + bias)
-                nrows = min(MR, rows - r0)
-                if ncols < NR:
-                    store_partial_tile(acc, nrows, ncols, out2, m_lo + r0, n0, bias, act,
-                                       out2, False)
-                    continue
-                for q in range(MR):
-                    axpy16(acc, q * NR, np.float32(1.0), bias, n0)
-                if act != ACT_NONE:
-                    for t in range(TILE):
-                        acc[t] = apply_act(acc[t], act)
-                for q in range(nrows):
-                    copy16(out2, (m_lo + r0 + q) * n_total + n0, acc, q * NR)
+                t_end = t + 1
+                while t_end < taps and live[tile, t_end]:
+                    t_end += 1
+                gemm_tile(acc, cols, r0 * kt + t * cin, kt, nrows, W,
+                          w_off + (pp * kt + t * cin) * NR, (t_end - t) * cin, started)
+                started = True
+                t = t_end
+            if not started:                            # every tap in the padding
+                for q in range(TILE):
+                    acc[q] = np.float32(0.0)
+            o = o_off + (m_lo + r0) * cout + n0
+            store_tile(acc, nrows, A, o, cout, ncols, W, b_off + n0, act, A, o, False)
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _conv_kernel(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, pg, tb):
-    m_total = out2.shape[0]              # x (N, H, W, Cin), out2 (N*Ho*Wo, Cout)
-    panels = wp.shape[0]                 # wp (P, kh*kw*Cin, 16)
-    n_chunks = (m_total + mc - 1) // mc
-    n_groups = (panels + pg - 1) // pg
-    for job in prange(n_chunks * n_groups):   # jobs: (chunk of mc pixels) x (group of pg panels)
-        chunk = job // n_groups
-        group = job - chunk * n_groups
-        _conv_job(x, wp, kh, kw, bias, stride, dil, pad_t, pad_l, act, out2, ho, wo, mc, tb,
-                  chunk * mc, group * pg, min(panels, group * pg + pg))
+def check_maps(x_shape, out_shape, cin, cout):
+    """x (N, H, W, cin) and out (N, Ho, Wo, cout)."""
+    check(len(x_shape) == 4 and len(out_shape) == 4, "x and out must be (N, H, W, C) maps")
+    check(out_shape[0] == x_shape[0] and x_shape[3] == cin and out_shape[3] == cout,
+          f"x {x_shape} / out {out_shape} do not fit {cin} input and {cout} output channels")
 
 
-def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
+def check_geometry(x_shape, out_shape, kh, kw, stride, dilation, pad_top, pad_left):
+    """Stride, dilation and padding are sane and out is not larger than they allow, so
+    that no tap of any output pixel can index outside the padded input."""
+    for name, v in (("kh", kh), ("kw", kw), ("stride", stride), ("dilation", dilation)):
+        check(isinstance(v, (int, np.integer)) and v >= 1, f"{name} must be an int >= 1, got {v}")
+    for name, v in (("pad_top", pad_top), ("pad_left", pad_left)):
+        check(isinstance(v, (int, np.integer)) and v >= 0, f"{name} must be an int >= 0, got {v}")
+    _, h, w, _ = x_shape
+    _, ho, wo, _ = out_shape
+    check(ho == 0 or (ho - 1) * stride - pad_top <= h - 1 + (kh - 1) * dilation,
+          "out has more rows than the input and padding give")
+    check(wo == 0 or (wo - 1) * stride - pad_left <= w - 1 + (kw - 1) * dilation,
+          "out has more columns than the input and padding give")
+
+
+def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation, pad_top,
+            pad_left, act, threads=1):
+    """The op of a full kxk conv (weights ``wp`` at W[w_off], bias at W[b_off])."""
+    check(isinstance(wp, ConvWeight), "wp must come from prepare_conv_weight")
+    check_maps(x_shape, out_shape, wp.cin, wp.cout)
+    check_geometry(x_shape, out_shape, wp.kh, wp.kw, stride, dilation, pad_top, pad_left)
+    check_activation(act)
+    n, h, w, cin = x_shape
+    _, ho, wo, cout = out_shape
+    m = n * ho * wo
+    kt = wp.kh * wp.kw * cin
+    # the im2col chunk (MC x kh*kw*Cin floats, <= 256 KiB) stays in L2
+    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), wp.panels.shape[0], threads)
+    from .program import Op
+    return Op("conv", jobs, (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off,
+                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg))
+
+
+def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):
     """Full kxk conv (groups=1) of x (N, H, W, Cin) into out (N, Ho, Wo, Cout); returns out.
 
     wp: :func:`prepare_conv_weight` result; bias (Cout,) float32; stride, dilation:
     ints for both axes; pad_top/pad_left: zero rows/columns before the input
     (the bottom/right padding follows from out's size); act: activation code.
     """
-    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4
-    assert out.dtype == np.float32 and out.flags.c_contiguous and out.ndim == 4
-    n, h, w, cin = x.shape
-    n_o, ho, wo, cout = out.shape
-    assert n_o == n and cin == wp.cin and cout == wp.cout, "shape mismatch with the weight"
-    assert bias.shape == (cout,) and bias.dtype == np.float32
-    m = n * ho * wo
-    if m == 0:
+    from .program import Arena, run_ops
+
+    check(isinstance(wp, ConvWeight), "wp must come from prepare_conv_weight")
+    check_bias(bias, wp.cout)
+    if out.size == 0:
         return out
-    kt = wp.kh * wp.kw * cin
-    # the im2col chunk (MC x kh*kw*Cin floats, <= 512 KiB) stays in L2; K-blocks of whole
-    # taps of <= ~512 floats keep the slice of a panel in use (K-block x 16) in L1
-    mc, pg = plan_jobs(m, max(MR, min(128, 131072 // kt)), wp.panels.shape[0])
-    tb = max(1, 512 // cin)
-    _conv_kernel(x, wp.panels, wp.kh, wp.kw, bias, stride, dilation, pad_top, pad_left, act,
-                 out.reshape(m, cout), ho, wo, mc, pg, tb)
+    check_array(x, "x", 4)
+    check_array(out, "out", 4)
+    A, W = Arena(), Arena()
+    xo, oo = A.add(x), A.add(size=out.size)
+    wo, bo = W.add(wp.panels), W.add(bias)
+    threads = threads or default_threads()
+    arena = run_ops([conv_op(xo, x.shape, oo, out.shape, wp, wo, bo, stride, dilation, pad_top,
+                             pad_left, act, threads)], A.build(), W.build(), threads)
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
+
+
+def check_bias(bias, n, what="bias"):
+    check(isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.shape == (n,),
+          f"{what} must be a float32 array of shape ({n},)")
 
 
 # ---------------------------------------------------------------- reference

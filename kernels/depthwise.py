@@ -1,145 +1,279 @@
-"""Depthwise kxk convolution (groups == channels), channels-last.
+"""Depthwise kxk convolution, alone or fused into a separable block, channels-last.
 
-Each channel is filtered on its own by its own kxk kernel:
+Each channel is filtered on its own by its own kxk kernel::
 
     out[n, i, j, c] = act( bias[c] + sum_{a, b} w[c, a, b]
                            * x[n, i*s - pad_top + a*d, j*s - pad_left + b*d, c] )
 
 with zeros outside the input (s = stride, d = dilation, both axes).  The output
-size is given by ``out``, so the bottom/right padding is implicit and
-asymmetric TF-"SAME" padding needs nothing special.
+size is given by ``out``, so the bottom/right padding is implicit and asymmetric
+TF-"SAME" padding needs nothing special.
 
-In NHWC the channels of a pixel are contiguous, so the natural vector axis is c.
-For a group of PIX = 4 neighbouring output pixels and a block of 16 channels the
-4 x 16 running sums stay in 8 AVX2 registers while the (at most kh*kw) taps are
-added -- each weight vector, loaded once per tap, serves the 4 pixels -- and the
-block is then written once, with the activation fused.  Pixels near the left or
-right border, whose taps are partly in the padding, are done one at a time and
-visit only their valid taps: per output row the valid tap rows [a_lo, a_hi) are
-found once, per such pixel the valid tap columns [b_lo, b_hi).  Channels past
-the last multiple of 16 are done one at a time.  Output rows run in parallel.
+The depthwise conv rarely stands alone: MobileNetV2's *inverted residual* (also
+in MobileViT and MobileViTV2) is ``1x1 expand -> depthwise 3x3 -> 1x1 reduce (+ x)``::
+
+    e = act(x @ We + be)                 (N, H, W, Ch)      Ch = expand_ratio * Cin
+    d = act(depthwise(e) + bd)           (N, H/s, W/s, Ch)
+    y = d @ Wr + br  (+ x)               (N, H/s, W/s, Cout)
+
+Run as three kernels, the wide tensors ``e`` and ``d`` go to memory and back
+(MobileViTV2's first stage: 128 x 128 x 128 floats, 8 MiB, written then read).
+The *separable* op here makes a band of output rows per parallel job instead:
+
+* the input rows the band needs are *produced* one at a time into a small ring of
+  rows kept in L2 -- expanded by the 1x1 conv (``pointwise.gemm_block``), or just
+  copied when there is no expand conv;
+* ring rows carry zero columns on both sides, and a row of zeros stands in for
+  rows above or below the input, so every tap of every output pixel reads real
+  memory and no pixel is a border case;
+* each depthwise output row is made from the ring (``simd.dw_tile``: DW_PIX = 4
+  pixels x one channel vector in registers over the taps), then gets its bias and
+  activation while it is in L1;
+* output rows are *consumed* by the 1x1 reduce conv, a few rows at a time, straight
+  into ``y`` (+ x), or written out when the op is a depthwise conv alone.
+
+``e`` and ``d`` never exist whole; the only extra work is the input rows that two
+neighbouring jobs both produce (one or two per job).
 """
 import numpy as np
-from numba import njit, prange
 
-from .activations import apply_act
-from .conv import pad_for_output, valid_taps
-from .pointwise import act_reference_f64, copy16, fma16, stack_buffer_f32
-
-CB = 16   # channels per register block (2 AVX2 vectors)
-PIX = 4   # neighbouring output pixels computed together (share the weight loads)
-ACC = PIX * CB
+from .activations import ACT_NONE, vact
+from .conv import check_bias, check_geometry, check_maps, pad_for_output
+from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, gemm_block,
+                        pointwise_reference)
+from .policy import arenas, check, check_array, helper, job
+from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n, vadd, vload, vload_n,
+                   vstore, vstore_n)
+from .workers import default_threads
 
 
 def prepare_depthwise_weight(w):
     """Torch-layout depthwise weight (C, 1, kh, kw) -> float32 (kh, kw, C) (once, at load)."""
     w = np.asarray(w, np.float32)
-    assert w.ndim == 4 and w.shape[1] == 1, f"expected (C, 1, kh, kw), got {w.shape}"
+    check(w.ndim == 4 and w.shape[1] == 1, f"expected a (C, 1, kh, kw) weight, got {w.shape}")
     return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))      # (kh, kw, C)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def _pixels(x, wp, bias, act, out, n, i, j, npix, c0, ih0, iw0, stride, dil,
-            a_lo, a_hi, b_lo, b_hi, acc):
-    """out[n, i, j:j+npix, c0:c0+16] for ``npix`` (1 or PIX) neighbouring output pixels.
+# ---------------------------------------------------------------- one output row
+@helper
+def bias_act(x, off, count, c, w, b_off, act):
+    """x.flat[off + i] = act(x.flat[off + i] + bias[i % c]) for i < count (rows of c channels
+    at off; bias at w.flat[b_off])."""
+    for r in range(off, off + count, c):
+        for c0 in range(0, c - VEC + 1, VEC):
+            vstore(x, r + c0, vact(vadd(vload(x, r + c0), vload(w, b_off + c0)), act))
+        left = c % VEC
+        if left:
+            c0 = c - left
+            vstore_n(x, r + c0, vact(vadd(vload_n(x, r + c0, left),
+                                          vload_n(w, b_off + c0, left)), act), left)
 
-    The pixels must share the valid tap ranges.  Accumulators: ``acc`` holds
-    npix x 16 floats (registers); each weight vector is loaded once per tap and
-    used for all npix pixels.
+
+@helper
+def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s, d):
+    """One output row (wo pixels x c channels) into dst.flat[d_off:], from padded rows of src.
+
+    offs[a]: flat offset in src of the padded input row read by tap row a; pixel j's first
+    tap is at padded column j*s.  Groups of DW_PIX pixels, then single pixels, whole
+    channel vectors, then the partial one; then bias and activation, in place.
     """
-    _, h, w_in, c = x.shape
-    _, ho, wo, _ = out.shape
-    kw = wp.shape[1]
-    for q in range(npix):
-        copy16(acc, q * CB, bias, c0)                            # start from the bias
-    for a in range(a_lo, a_hi):
-        x_row = (n * h + ih0 + a * dil) * w_in                   # pixel index of x[n, ih, 0]
-        for b in range(b_lo, b_hi):
-            wi = (a * kw + b) * c + c0                           # wp[a, b, c0]
-            xi = (x_row + iw0 + b * dil) * c + c0                # x[n, ih, iw, c0], pixel j
-            for q in range(npix):
-                fma16(acc, q * CB, wp, wi, x, xi + q * stride * c)
-    for t in range(npix * CB):
-        acc[t] = apply_act(acc[t], act)
-    o = ((n * ho + i) * wo + j) * c + c0                         # out[n, i, j, c0]
-    for q in range(npix):
-        copy16(out, o + q * c, acc, q * CB)
-
-
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def _pixel_tail(x, wp, bias, act, out, n, i, j, c_lo, ih0, iw0, dil, a_lo, a_hi, b_lo, b_hi):
-    """Channels c_lo.. (fewer than 16) of one output pixel, one at a time."""
-    for ch in range(c_lo, x.shape[3]):
-        v = bias[ch]
-        for a in range(a_lo, a_hi):
-            for b in range(b_lo, b_hi):
-                v += wp[a, b, ch] * x[n, ih0 + a * dil, iw0 + b * dil, ch]
-        out[n, i, j, ch] = apply_act(v, act)
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _output_row(x, wp, bias, stride, dil, pad_t, pad_l, act, out, n, i, j_full_lo, j_full_hi):
-    """out[n, i, :, :]: groups of PIX pixels whose taps are all inside, single pixels elsewhere."""
-    _, h, w_in, c = x.shape
-    wo = out.shape[2]
-    kh, kw, _ = wp.shape
-    c_main = c // CB * CB
-    acc = stack_buffer_f32(ACC)
-    ih0 = i * stride - pad_t
-    a_lo, a_hi = valid_taps(ih0, kh, dil, h)
+    c_full = c - c % VEC
     j = 0
     while j < wo:
-        iw0 = j * stride - pad_l
-        if j_full_lo <= j and j + PIX <= j_full_hi:          # PIX pixels, all kw taps valid
-            for c0 in range(0, c_main, CB):
-                _pixels(x, wp, bias, act, out, n, i, j, PIX, c0, ih0, iw0, stride, dil,
-                        a_lo, a_hi, 0, kw, acc)
-            for q in range(PIX):
-                if c_main < c:
-                    _pixel_tail(x, wp, bias, act, out, n, i, j + q, c_main, ih0,
-                                iw0 + q * stride, dil, a_lo, a_hi, 0, kw)
-            j += PIX
-        else:                                                 # one pixel near the border
-            b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
-            for c0 in range(0, c_main, CB):
-                _pixels(x, wp, bias, act, out, n, i, j, 1, c0, ih0, iw0, stride, dil,
-                        a_lo, a_hi, b_lo, b_hi, acc)
-            if c_main < c:
-                _pixel_tail(x, wp, bias, act, out, n, i, j, c_main, ih0, iw0, dil,
-                            a_lo, a_hi, b_lo, b_hi)
+        o = d_off + j * c
+        if j + DW_PIX <= wo:
+            if c_full:
+                dw_tile(dst, o, src, offs, j * s, w, w_off, kh, kw, c, 0, c_full, s, d)
+            if c_full < c:
+                dw_tile_n(dst, o, src, offs, j * s, w, w_off, kh, kw, c, c_full, c, s, d)
+            j += DW_PIX
+        else:
+            if c_full:
+                dw_pixel(dst, o, src, offs, j * s, w, w_off, kh, kw, c, 0, c_full, s, d)
+            if c_full < c:
+                dw_pixel_n(dst, o, src, offs, j * s, w, w_off, kh, kw, c, c_full, c, s, d)
             j += 1
+    bias_act(dst, d_off, wo * c, c, w, b_off, act)
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _depthwise_kernel(x, wp, bias, stride, dil, pad_t, pad_l, act, out):
-    n_img, h, w_in, c = x.shape          # x (N, H, W, C)
-    _, ho, wo, _ = out.shape             # out (N, Ho, Wo, C)
-    kw = wp.shape[1]                     # wp (kh, kw, C)
-    # output columns whose kw taps are all inside the input: j_full_lo <= j < j_full_hi
-    j_full_lo = (pad_l + stride - 1) // stride
-    j_full_hi = max(j_full_lo, min(wo, (w_in - 1 - (kw - 1) * dil + pad_l) // stride + 1))
-    for row in prange(n_img * ho):       # the rows (n, i) are independent
-        n = row // ho
-        _output_row(x, wp, bias, stride, dil, pad_t, pad_l, act, out, n, row - n * ho,
-                    j_full_lo, j_full_hi)
+# ---------------------------------------------------------------- the separable op
+# fields of a "separable" op row, after [code, jobs]
+SEPARABLE_FIELDS = (
+    "x_off", "n_img", "h", "w", "cin",                       # input map
+    "has_expand", "ex_w_off", "ex_b_off", "ex_act", "ch",    # 1x1 expand (or a copy: ch = cin)
+    "dw_w_off", "dw_b_off", "kh", "kw", "act", "stride", "dil", "pad_t", "pad_l",  # depthwise
+    "has_reduce", "re_w_off", "re_b_off", "re_act", "cout", "r_off", "has_res",  # 1x1 reduce
+    "o_off", "ho", "wo",                                     # output map
+    "rows_per_job", "ring_w", "band_rows")                   # the plan
 
 
-def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out):
+def ring_shape(w_in, wo, kw, stride, dil, pad_l, kh):
+    """(rows, padded width) of a job's ring: enough rows for one output row's taps plus
+    the next row's new ones, and one more row of zeros at the end."""
+    width = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1)
+    return (kh - 1) * dil + stride + 1, width
+
+
+@job
+def separable_job(pa, a_size, pw, w_size, pp, j):
+    """Job j of a separable op: output rows j*rows_per_job ... of one image, made from a
+    ring of produced input rows (see the module docstring)."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, n_img, h, w_in, cin = p[2], p[3], p[4], p[5], p[6]
+    has_expand, ex_w_off, ex_b_off, ex_act, ch = p[7], p[8], p[9], p[10], p[11]
+    dw_w_off, dw_b_off, kh, kw, act = p[12], p[13], p[14], p[15], p[16]
+    s, d, pad_t, pad_l = p[17], p[18], p[19], p[20]
+    has_reduce, re_w_off, re_b_off, re_act, cout, r_off, has_res = (p[21], p[22], p[23], p[24],
+                                                                    p[25], p[26], p[27])
+    o_off, ho, wo, rows_per_job, ring_w, band_rows = p[28], p[29], p[30], p[31], p[32], p[33]
+    per_img = (ho + rows_per_job - 1) // rows_per_job
+    n = j // per_img
+    i_lo = (j - n * per_img) * rows_per_job
+    i_hi = min(ho, i_lo + rows_per_job)
+
+    n_slots = (kh - 1) * d + s
+    row_len = ring_w * ch
+    ring = np.zeros((n_slots + 1) * row_len, np.float32)  # padded input rows; last: zeros
+    zero_off = n_slots * row_len
+    band = np.empty(band_rows * wo * ch if has_reduce else 1, np.float32)
+    offs = np.empty(kh, np.int64)
+    x_img = x_off + n * h * w_in * cin
+    nxt = max(0, i_lo * s - pad_t)                        # next input row to produce
+    pending = 0                                           # depthwise rows waiting in the band
+    for i in range(i_lo, i_hi):
+        ih0 = i * s - pad_t
+        last = min(h - 1, ih0 + (kh - 1) * d)
+        while nxt <= last:                                # produce the rows this one needs
+            r = (nxt % n_slots) * row_len + pad_l * ch
+            src = x_img + nxt * w_in * cin
+            if has_expand:                                # the 1x1 expand conv of input row nxt
+                gemm_block(A, src, cin, w_in, cin, W, ex_w_off, 0, (ch + NR - 1) // NR,
+                           ex_b_off, ex_act, ch, ring, r, ch, ring, r, False)
+            else:                                         # a copy of input row nxt
+                copy_floats(ring, r, A, src, w_in * ch)
+            nxt += 1
+        for a in range(kh):
+            ih = ih0 + a * d
+            offs[a] = (ih % n_slots) * row_len if 0 <= ih < h else zero_off
+        if has_reduce == 0:
+            depthwise_row(ring, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
+                          o_off + (n * ho + i) * wo * ch, wo, s, d)
+            continue
+        depthwise_row(ring, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, band,
+                      pending * wo * ch, wo, s, d)
+        pending += 1
+        if pending == band_rows or i == i_hi - 1:         # the 1x1 reduce conv of the band
+            pix = (n * ho + i - pending + 1) * wo
+            gemm_block(band, 0, ch, pending * wo, ch, W, re_w_off, 0, (cout + NR - 1) // NR,
+                       re_b_off, re_act, cout, A, o_off + pix * cout, cout, A,
+                       r_off + pix * cout, has_res != 0)
+            pending = 0
+
+
+def plan_row_jobs(n_img, ho, threads):
+    """Output rows per job: every thread busy, jobs as long as possible (each job
+    re-produces the few input rows it shares with its neighbour)."""
+    per_img = 1
+    while (n_img * per_img) % threads and per_img < ho:
+        per_img += 1
+    return -(-ho // per_img)
+
+
+def separable_op(x_off, x_shape, o_off, out_shape, dw, expand=None, reduce=None, r_off=None,
+                 stride=1, dilation=1, pad_top=0, pad_left=0, threads=1, rows_per_job=None):
+    """The op ``[expand 1x1 ->] depthwise kxk [-> reduce 1x1 (+ A[r_off])]``.
+
+    dw = (weight (kh, kw, Ch), its offset in W, bias offset, act);
+    expand, reduce = (PointwiseWeight, its panels' offset in W, bias offset, act) or None;
+    maps x (N, H, W, Cin) at A[x_off], out (N, Ho, Wo, Cout) at A[o_off].
+    """
+    wd, dw_w_off, dw_b_off, act = dw
+    check_array(wd, "depthwise weight", 3)
+    kh, kw, ch = wd.shape
+    n, h, w_in, cin = x_shape
+    if expand is None:
+        ex_w_off, ex_b_off, ex_act = 0, 0, ACT_NONE
+        check(cin == ch, f"without an expand conv the input must have {ch} channels, not {cin}")
+    else:
+        ex_w, ex_w_off, ex_b_off, ex_act = expand
+        check(isinstance(ex_w, PointwiseWeight) and (ex_w.cin, ex_w.cout) == (cin, ch),
+              f"expand weight must be {ch}x{cin}")
+    if reduce is None:
+        re_w_off, re_b_off, re_act, cout = 0, 0, ACT_NONE, ch
+    else:
+        re_w, re_w_off, re_b_off, re_act = reduce
+        check(isinstance(re_w, PointwiseWeight) and re_w.cin == ch, "reduce weight does not fit")
+        cout = re_w.cout
+    check_maps(x_shape, out_shape, cin, cout)
+    check_geometry(x_shape, out_shape, kh, kw, stride, dilation, pad_top, pad_left)
+    for a in (act, ex_act, re_act):
+        check_activation(a)
+    check(r_off is None or (reduce is not None and stride == 1 and out_shape == x_shape),
+          "a residual needs a reduce conv, stride 1 and equal shapes")
+    _, ho, wo, _ = out_shape
+    rows = rows_per_job or plan_row_jobs(n, ho, threads)
+    n_slots, ring_w = ring_shape(w_in, wo, kw, stride, dilation, pad_left, kh)
+    band_rows = max(1, min(rows, -(-96 // wo)))             # >= ~96 pixels per reduce product
+    from .program import Op
+    return Op("separable", n * -(-ho // rows),
+              (x_off, n, h, w_in, cin, expand is not None, ex_w_off, ex_b_off, ex_act, ch,
+               dw_w_off, dw_b_off, kh, kw, act, stride, dilation, pad_top, pad_left,
+               reduce is not None, re_w_off, re_b_off, re_act, cout,
+               o_off if r_off is None else r_off, r_off is not None, o_off, ho, wo, rows,
+               ring_w, band_rows))
+
+
+# ---------------------------------------------------------------- the standalone calls
+def fused_separable(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, out,
+                    residual=False, threads=None, rows_per_job=None):
+    """[expand 1x1 ->] depthwise kxk [-> reduce 1x1 [+ x]] into ``out``; returns ``out``.
+
+    x (N, H, W, Cin) float32; expand, reduce: None or (PointwiseWeight, bias, act);
+    dw: (weight (kh, kw, Ch) from :func:`prepare_depthwise_weight`, bias (Ch,), act);
+    out (N, Ho, Wo, Cout); residual: add x (needs a reduce conv, stride 1, equal shapes).
+    ``rows_per_job`` overrides the planned split into jobs.
+    """
+    from .program import Arena, run_ops
+
+    check_array(x, "x", 4)
+    check_array(out, "out", 4)
+    if out.size == 0:
+        return out
+    threads = threads or default_threads()
+    A, W = Arena(), Arena()
+    xo, oo = A.add(x), A.add(size=out.size)
+
+    def place(conv):
+        if conv is None:
+            return None
+        wp, bias, act = conv
+        check(isinstance(wp, PointwiseWeight), "1x1 weights must come from "
+                                               "prepare_pointwise_weight")
+        check_bias(bias, wp.cout)
+        return wp, W.add(wp.panels), W.add(bias), act
+    wd, bd, act = dw
+    check_array(wd, "depthwise weight", 3)
+    check_bias(bd, wd.shape[2], "depthwise bias")
+    op = separable_op(xo, x.shape, oo, out.shape, (wd, W.add(wd), W.add(bd), act),
+                      place(expand), place(reduce), xo if residual else None, stride, dilation,
+                      pad_top, pad_left, threads, rows_per_job)
+    arena = run_ops([op], A.build(), W.build(), threads)
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
+    return out
+
+
+def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):
     """Depthwise conv of x (N, H, W, C) into out (N, Ho, Wo, C); returns out.
 
     wp: (kh, kw, C) from :func:`prepare_depthwise_weight`; bias (C,) float32;
     stride, dilation: ints for both axes; pad_top/pad_left: zeros before the
     input (bottom/right padding follows from out's size); act: activation code.
     """
-    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4
-    assert out.dtype == np.float32 and out.flags.c_contiguous and out.ndim == 4
-    assert out.shape[0] == x.shape[0] and out.shape[3] == x.shape[3] == wp.shape[2]
-    assert bias.shape == (x.shape[3],) and bias.dtype == np.float32
-    if out.size:
-        _depthwise_kernel(x, wp, bias, stride, dilation, pad_top, pad_left, act, out)
-    return out
+    return fused_separable(x, None, (wp, bias, act), None, stride, dilation, pad_top, pad_left,
+                           out, threads=threads)
 
 
+# ---------------------------------------------------------------- references
 def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
     """Plain NumPy depthwise conv (float64); x (N,H,W,C), w (C,1,kh,kw) -> (N,Ho,Wo,C) float32."""
     w = np.asarray(w, np.float64)
@@ -153,3 +287,18 @@ def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, ou
             y += xp[:, r:r + (ho - 1) * stride + 1:stride,
                     s:s + (wo - 1) * stride + 1:stride] * w[:, 0, a, b]
     return act_reference_f64(y, act).astype(np.float32)
+
+
+def separable_reference(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, out_hw,
+                        residual=False):
+    """The three convs of :func:`fused_separable` one after the other, with the references.
+
+    expand, reduce: None or (torch-layout weight (Cout, Cin[, 1, 1]), bias, act);
+    dw: (torch-layout weight (C, 1, kh, kw), bias, act).
+    """
+    e = x if expand is None else pointwise_reference(x, *expand)                # (N, H, W, Ch)
+    d = depthwise_reference(e, dw[0], dw[1], stride, dilation, pad_top, pad_left, dw[2],
+                            out_hw)                                             # (N, Ho, Wo, Ch)
+    if reduce is None:
+        return d
+    return pointwise_reference(d, *reduce, residual=x if residual else None)   # (N, Ho, Wo, Cout)

@@ -12,103 +12,120 @@ statistics are taken per token (per row of the last axis).
 
 Statistics are accumulated in float64 and every variance is a sum of squared
 deviations from an already known mean (two-pass), so no precision is lost to
-cancellation.  GroupNorm works on chunks of rows in parallel and merges the
-per-chunk (count, mean, M2) triples with Chan et al.'s exact formula.
+cancellation.  A GroupNorm sample is normalised by several parallel jobs; each
+computes the sample's statistics itself (a read of data already in cache) rather
+than waiting for a second parallel pass.
 """
 import numpy as np
-from numba import njit, prange
 
-_GN_ROWS_PER_TASK = 32  # rows of C values summed by one parallel task
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _group_norm1_kernel(x, gamma, beta, eps, out):
-    # x, out: (B, M, C) float32; gamma, beta: (C,)
-    B, M, C = x.shape
-    n_chunks = (M + _GN_ROWS_PER_TASK - 1) // _GN_ROWS_PER_TASK
-    n_tasks = B * n_chunks
-    chunk_mean = np.empty(n_tasks, np.float64)  # (B * n_chunks,)
-    chunk_m2 = np.empty(n_tasks, np.float64)    # (B * n_chunks,) sum of squared deviations
-    chunk_count = np.empty(n_tasks, np.float64)  # (B * n_chunks,) values in the chunk
-
-    # pass 1: exact two-pass mean and squared deviations of each chunk of rows
-    # (the chunk is small, so its second read comes from cache)
-    for task in prange(n_tasks):
-        b = task // n_chunks
-        m0 = (task % n_chunks) * _GN_ROWS_PER_TASK
-        m1 = min(M, m0 + _GN_ROWS_PER_TASK)
-        acc = 0.0
-        for m in range(m0, m1):
-            for c in range(C):
-                acc += np.float64(x[b, m, c])
-        count = np.float64((m1 - m0) * C)
-        mu = acc / count
-        acc = 0.0
-        for m in range(m0, m1):
-            for c in range(C):
-                dev = np.float64(x[b, m, c]) - mu
-                acc += dev * dev
-        chunk_mean[task] = mu
-        chunk_m2[task] = acc
-        chunk_count[task] = count
-
-    # combine the chunks of each sample (Chan et al.'s parallel variance formula):
-    #   mean = sum_k n_k mean_k / n,   M2 = sum_k (M2_k + n_k (mean_k - mean)^2)
-    mean32 = np.empty(B, np.float32)  # (B,)
-    rstd32 = np.empty(B, np.float32)  # (B,)
-    total = np.float64(M) * np.float64(C)
-    for b in range(B):
-        k0 = b * n_chunks
-        mu = 0.0
-        for k in range(k0, k0 + n_chunks):
-            mu += chunk_count[k] * chunk_mean[k]
-        mu /= total
-        m2 = 0.0
-        for k in range(k0, k0 + n_chunks):
-            dm = chunk_mean[k] - mu
-            m2 += chunk_m2[k] + chunk_count[k] * dm * dm
-        mean32[b] = np.float32(mu)
-        rstd32[b] = np.float32(1.0 / np.sqrt(m2 / total + eps))
-
-    # pass 2: normalise and apply the per-channel affine (out may alias x)
-    for task in prange(n_tasks):
-        b = task // n_chunks
-        m0 = (task % n_chunks) * _GN_ROWS_PER_TASK
-        m1 = min(M, m0 + _GN_ROWS_PER_TASK)
-        mu32 = mean32[b]
-        rs32 = rstd32[b]
-        for m in range(m0, m1):
-            for c in range(C):
-                out[b, m, c] = (x[b, m, c] - mu32) * (rs32 * gamma[c]) + beta[c]
+from .policy import arenas, check, check_array, helper, job
+from .workers import default_threads
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _layer_norm_kernel(x, gamma, beta, eps, out):
-    # x, out: (R, C) float32; one LayerNorm per row
-    R, C = x.shape
-    for r in prange(R):
-        acc = 0.0
-        for c in range(C):
-            acc += np.float64(x[r, c])
-        mu = acc / C
-        acc = 0.0
-        for c in range(C):
-            dev = np.float64(x[r, c]) - mu
-            acc += dev * dev
-        mu32 = np.float32(mu)
-        rs = np.float32(1.0 / np.sqrt(acc / C + eps))
-        for c in range(C):
-            out[r, c] = (x[r, c] - mu32) * (rs * gamma[c]) + beta[c]
+@helper
+def _sample_stats(x, off, count):
+    """(mean, 1 / sqrt(var + eps) is left to the caller): float64 mean and the sum of
+    squared deviations of x.flat[off : off + count], two passes."""
+    acc = 0.0
+    for i in range(off, off + count):
+        acc += np.float64(x[i])
+    mu = acc / count
+    m2 = 0.0
+    for i in range(off, off + count):
+        dev = np.float64(x[i]) - mu
+        m2 += dev * dev
+    return mu, m2
 
 
-def _check_norm_args(x, gamma, beta, out, min_ndim):
+@helper
+def _normalize_rows(A, x_off, o_off, r_lo, r_hi, c, mu, rstd, W, g_off, b_off):
+    """A[o_off + r*c + ch] = (A[x_off + r*c + ch] - mu) * rstd * gamma[ch] + beta[ch]."""
+    mu32 = np.float32(mu)
+    rs32 = np.float32(rstd)
+    for r in range(r_lo, r_hi):
+        xi = x_off + r * c
+        oi = o_off + r * c
+        for ch in range(c):
+            A[oi + ch] = (A[xi + ch] - mu32) * (rs32 * W[g_off + ch]) + W[b_off + ch]
+
+
+# fields of a "group_norm" op row, after [code, jobs]: x (B, M, C) at x_off, out at o_off,
+# gamma / beta / eps at W[g_off] / W[b_off] / W[eps_off]; each sample split into `parts` jobs
+GROUP_NORM_FIELDS = ("x_off", "B", "M", "C", "o_off", "g_off", "b_off", "eps_off", "parts")
+
+
+@job
+def group_norm_job(pa, a_size, pw, w_size, pp, j):
+    """Job j: the statistics of its whole sample (every job of the sample computes them:
+    cheaper than a second parallel pass), then its share of the sample's rows."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, m, c, o_off, g_off, b_off, eps_off, parts = (p[2], p[4], p[5], p[6], p[7], p[8],
+                                                         p[9], p[10])
+    b = j // parts
+    part = j - b * parts
+    size = m * c
+    mu, m2 = _sample_stats(A, x_off + b * size, size)
+    rstd = 1.0 / np.sqrt(m2 / size + np.float64(W[eps_off]))
+    rows = (m + parts - 1) // parts
+    _normalize_rows(A, x_off + b * size, o_off + b * size, part * rows, min(m, part * rows + rows),
+                    c, mu, rstd, W, g_off, b_off)
+
+
+# fields of a "layer_norm" op row: x (R, C) at x_off, out at o_off, gamma / beta / eps in W
+LAYER_NORM_FIELDS = ("x_off", "R", "C", "o_off", "g_off", "b_off", "eps_off", "rows_per_job")
+
+
+@job
+def layer_norm_job(pa, a_size, pw, w_size, pp, j):
+    """Job j: rows j*rows_per_job ..., each normalised over its C values."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, n_rows, c, o_off, g_off, b_off, eps_off, per = (p[2], p[3], p[4], p[5], p[6], p[7],
+                                                            p[8], p[9])
+    eps = np.float64(W[eps_off])
+    for r in range(j * per, min(n_rows, j * per + per)):
+        mu, m2 = _sample_stats(A, x_off + r * c, c)
+        _normalize_rows(A, x_off, o_off, r, r + 1, c, mu, 1.0 / np.sqrt(m2 / c + eps), W, g_off,
+                        b_off)
+
+
+def group_norm_op(x_off, shape, o_off, g_off, b_off, eps_off, threads=1):
+    """The op of GroupNorm(1) over each sample of an (B, ..., C) tensor."""
+    check(len(shape) >= 2, f"GroupNorm needs a batch axis and channels, got shape {shape}")
+    b, c = shape[0], shape[-1]
+    m = int(np.prod(shape[1:-1]))
+    parts = max(1, min(m, -(-threads // b)))
+    from .program import Op
+    return Op("group_norm", b * parts, (x_off, b, m, c, o_off, g_off, b_off, eps_off, parts))
+
+
+def layer_norm_op(x_off, shape, o_off, g_off, b_off, eps_off, threads=1):
+    """The op of LayerNorm over the last axis of a (..., C) tensor."""
+    c = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    per = max(1, -(-rows // (4 * threads)))
+    from .program import Op
+    return Op("layer_norm", -(-rows // per), (x_off, rows, c, o_off, g_off, b_off, eps_off, per))
+
+
+def _run_norm(make_op, x, gamma, beta, eps, out, min_ndim):
+    from .program import Arena, run_ops
+
     for name, a in (("x", x), ("gamma", gamma), ("beta", beta), ("out", out)):
-        assert a.dtype == np.float32, f"{name} must be float32, got {a.dtype}"
-        assert a.flags.c_contiguous, f"{name} must be C-contiguous"
-    assert x.ndim >= min_ndim, f"x must have at least {min_ndim} dims, got shape {x.shape}"
-    assert out.shape == x.shape, f"out shape {out.shape} != x shape {x.shape}"
-    C = x.shape[-1]
-    assert gamma.shape == (C,) and beta.shape == (C,), "gamma/beta must have shape (C,)"
+        check_array(a, name)
+    check(x.ndim >= min_ndim, f"x must have at least {min_ndim} dims, got shape {x.shape}")
+    check(out.shape == x.shape, f"out shape {out.shape} != x shape {x.shape}")
+    c = x.shape[-1]
+    check(gamma.shape == (c,) and beta.shape == (c,), "gamma/beta must have shape (C,)")
+    if x.size == 0:
+        return out
+    A, W = Arena(), Arena()
+    xo = A.add(x)
+    go, bo, eo = W.add(gamma), W.add(beta), W.add(np.array([eps], np.float32))
+    threads = default_threads()
+    arena = run_ops([make_op(xo, x.shape, xo, go, bo, eo, threads)], A.build(), W.build(),
+                    threads)
+    out[...] = arena[xo:xo + x.size].reshape(x.shape)
+    return out
 
 
 def group_norm1(x, gamma, beta, eps, out):
@@ -120,12 +137,7 @@ def group_norm1(x, gamma, beta, eps, out):
     One mean and one biased variance per sample b, over all values of x[b].
     Returns ``out``.
     """
-    _check_norm_args(x, gamma, beta, out, 2)
-    B, C = x.shape[0], x.shape[-1]
-    if x.size:
-        _group_norm1_kernel(x.reshape(B, -1, C), gamma, beta, float(eps),
-                            out.reshape(B, -1, C))  # views (B, M, C)
-    return out
+    return _run_norm(group_norm_op, x, gamma, beta, eps, out, 2)
 
 
 def layer_norm(x, gamma, beta, eps, out):
@@ -136,12 +148,7 @@ def layer_norm(x, gamma, beta, eps, out):
     out:   same shape as x, written; may be ``x`` itself (in place).
     Returns ``out``.
     """
-    _check_norm_args(x, gamma, beta, out, 1)
-    C = x.shape[-1]
-    if x.size:
-        _layer_norm_kernel(x.reshape(-1, C), gamma, beta, float(eps),
-                           out.reshape(-1, C))  # views (R, C)
-    return out
+    return _run_norm(layer_norm_op, x, gamma, beta, eps, out, 1)
 
 
 def group_norm1_reference(x, gamma, beta, eps):

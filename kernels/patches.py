@@ -16,52 +16,70 @@ simply drops the last ``H mod p`` rows / ``W mod p`` columns, which fold back as
 exact zeros; MobileViT v1 first resizes the map to a multiple of p.
 """
 import numpy as np
-from numba import njit, prange
+
+from .policy import arenas, check, check_array, helper, job
+from .simd import copy_floats, zero_floats
+
+# fields of an "unfold" op row (after [code, jobs]): map x (B, H, W, C) at x_off, tokens
+# (B, p*p, nh*nw, C) at o_off; one job per (b, patch row i).  A "fold" op has the same
+# fields the other way round: tokens at x_off, map (B, H, W, C) at o_off; one job per map row.
+PATCH_FIELDS = ("x_off", "B", "H", "W", "C", "p", "nh", "nw", "o_off")
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _unfold_kernel(x, p, nh, nw, out):
-    # x: (B, H, W, C);  out: (B, p*p, nh*nw, C)
-    B = x.shape[0]
-    C = x.shape[3]
-    for bi in prange(B * nh):
-        b = bi // nh
-        i = bi % nh
-        for a in range(p):
-            for j in range(nw):
-                for bb in range(p):
-                    src = x[b, i * p + a, j * p + bb]         # (C,)
-                    dst = out[b, a * p + bb, i * nw + j]      # (C,)
-                    for c in range(C):
-                        dst[c] = src[c]
+@job
+def unfold_job(pa, a_size, pw, w_size, pp, job):
+    """tokens[b, a*p + bb, i*nw + j, :] = x[b, i*p + a, j*p + bb, :] for patch row i."""
+    A, W, prm = arenas(pa, a_size, pw, w_size, pp)
+    x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+    b = job // nh
+    i = job - b * nh
+    for a in range(p):
+        for j in range(nw):
+            for bb in range(p):
+                src = x_off + ((b * H + i * p + a) * Wd + j * p + bb) * C
+                dst = o_off + ((b * p * p + a * p + bb) * nh * nw + i * nw + j) * C
+                copy_floats(A, dst, A, src, C)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _fold_kernel(tokens, p, nh, nw, out):
-    # tokens: (B, p*p, nh*nw, C);  out: (B, H, W, C)
-    B, H, W, C = out.shape
-    for by in prange(B * H):
-        b = by // H
-        y = by % H
-        i = y // p
-        a = y % p
-        for xc in range(W):
-            dst = out[b, y, xc]                               # (C,)
-            if i < nh and xc < nw * p:
-                j = xc // p
-                bb = xc % p
-                src = tokens[b, a * p + bb, i * nw + j]       # (C,)
-                for c in range(C):
-                    dst[c] = src[c]
-            else:  # not covered by any patch
-                for c in range(C):
-                    dst[c] = 0.0
+@job
+def fold_job(pa, a_size, pw, w_size, pp, job):
+    """Map row y of image b from the tokens; rows/columns no patch covers become 0."""
+    A, W, prm = arenas(pa, a_size, pw, w_size, pp)
+    x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+    b = job // H
+    y = job - b * H
+    i = y // p
+    a = y - i * p
+    for xc in range(Wd):
+        dst = o_off + ((b * H + y) * Wd + xc) * C
+        if i < nh and xc < nw * p:
+            j = xc // p
+            bb = xc - j * p
+            src = x_off + ((b * p * p + a * p + bb) * nh * nw + i * nw + j) * C
+            copy_floats(A, dst, A, src, C)
+        else:
+            zero_floats(A, dst, C)
 
 
-def _check(a, name):
-    assert a.dtype == np.float32, f"{name} must be float32, got {a.dtype}"
-    assert a.flags.c_contiguous, f"{name} must be C-contiguous"
-    assert a.ndim == 4, f"{name} must be 4-D, got shape {a.shape}"
+def patch_op(kind, x_off, map_shape, p, nh, nw, o_off):
+    """The "unfold" or "fold" op between a map (B, H, W, C) and nh x nw patches of p x p."""
+    check(len(map_shape) == 4, f"a map must be (B, H, W, C), got {map_shape}")
+    B, H, Wd, C = map_shape
+    check(p >= 1 and nh >= 0 and nw >= 0 and nh * p <= H and nw * p <= Wd,
+          f"{nh}x{nw} patches of {p} do not fit {H}x{Wd}")
+    from .program import Op
+    jobs = B * nh if kind == "unfold" else B * H
+    return Op(kind, jobs, (x_off, B, H, Wd, C, p, nh, nw, o_off))
+
+
+def _run(kind, src, p, nh, nw, out, map_shape):
+    from .program import Arena, run_ops
+
+    A = Arena()
+    xo, oo = A.add(src), A.add(size=out.size)
+    arena = run_ops([patch_op(kind, xo, map_shape, p, nh, nw, oo)], A.build(), Arena().build())
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
+    return out
 
 
 def unfold_patches(x, p, nh, nw, out):
@@ -74,15 +92,14 @@ def unfold_patches(x, p, nh, nw, out):
          out[b, a*p + bb, i*nw + j, c] = x[b, i*p + a, j*p + bb, c].
     Returns ``out``.
     """
-    _check(x, "x")
-    _check(out, "out")
+    check_array(x, "x", 4)
+    check_array(out, "out", 4)
     B, H, W, C = x.shape
     p, nh, nw = int(p), int(nh), int(nw)
-    assert p >= 1 and nh * p <= H and nw * p <= W, f"{nh}x{nw} patches of {p} do not fit {H}x{W}"
-    assert out.shape == (B, p * p, nh * nw, C), f"out shape {out.shape} != {(B, p * p, nh * nw, C)}"
-    if out.size:
-        _unfold_kernel(x, p, nh, nw, out)
-    return out
+    check(out.shape == (B, p * p, nh * nw, C), f"out shape {out.shape} != {(B, p * p, nh * nw, C)}")
+    if out.size == 0:
+        return out
+    return _run("unfold", x, p, nh, nw, out, x.shape)
 
 
 def fold_patches(tokens, p, nh, nw, out):
@@ -94,16 +111,15 @@ def fold_patches(tokens, p, nh, nw, out):
             H - nh*p rows and W - nw*p columns (no patch covers them) are set to 0.
     Returns ``out``.
     """
-    _check(tokens, "tokens")
-    _check(out, "out")
+    check_array(tokens, "tokens", 4)
+    check_array(out, "out", 4)
     B, H, W, C = out.shape
     p, nh, nw = int(p), int(nh), int(nw)
-    assert p >= 1 and nh * p <= H and nw * p <= W, f"{nh}x{nw} patches of {p} do not fit {H}x{W}"
-    assert tokens.shape == (B, p * p, nh * nw, C), \
-        f"tokens shape {tokens.shape} != {(B, p * p, nh * nw, C)}"
-    if out.size:
-        _fold_kernel(tokens, p, nh, nw, out)
-    return out
+    check(tokens.shape == (B, p * p, nh * nw, C),
+          f"tokens shape {tokens.shape} != {(B, p * p, nh * nw, C)}")
+    if out.size == 0:
+        return out
+    return _run("fold", tokens, p, nh, nw, out, out.shape)
 
 
 def unfold_patches_reference(x, p, nh, nw):

@@ -7,206 +7,135 @@ dimensions into ``M`` rows gives one matrix product
     out[m, n] = act( sum_k x[m, k] * W[n, k] + bias[n] )  (+ residual[m, n])
 
 with ``x`` (M, K=Cin), ``W`` (N=Cout, K) and ``out`` (M, N).  The same kernel
-serves ``nn.Linear`` layers and the classifier, and its micro-kernel also runs
-the full kxk convolution (``conv.py`` feeds it im2col rows).
+serves ``nn.Linear`` layers and the classifier; the full kxk convolution
+(``conv.py``), the fused inverted residual (``depthwise.py``) and attention
+(``attention_mha.py``) are built on its :func:`gemm_block` too.
 
-How it is made fast (the GEMM "micro-kernel" idea of GotoBLAS/BLIS):
+How it is made fast (the GotoBLAS/BLIS scheme, see ``simd.py`` for the tile):
 
-* ``W`` is packed once, at load time, into column *panels* of NR = 16 output
-  channels: ``wp[p, k, j] = W[p*16 + j, k]`` (zero-padded).  For a fixed k the
-  16 weights of a panel are contiguous: exactly two AVX2 vectors of 8 floats.
-* The output is computed in tiles of MR = 4 rows x NR = 16 columns.  The 64
-  partial sums of a tile live in a small stack buffer that LLVM promotes to 8
-  vector registers; per k the tile does 4 broadcasts of ``x[m, k]`` + 2 vector
-  loads of the panel + 8 fused multiply-adds.  4 x 16 is the largest tile that
-  fits the 16 AVX2 registers without spilling (8 accumulators + 4 broadcasts +
-  2 weight vectors); 6 x 16 spills and is slower.
-* Work is split into jobs of (a chunk of MC rows) x (a group of panels) that
-  run in parallel with ``prange``.  Inside a job the panel loop is outside the
-  row-tile loop, so one panel (K x 16 floats) stays in L1 while it is applied to
-  all the rows of the chunk (MC x K floats, kept in L2).
-* Bias, activation and the optional residual are applied when the tile is
-  written out ("fused epilogue"), so ``out`` is written exactly once.
-
-Rows past the end of ``x`` are handled by re-reading the last row (clamping)
-and not storing the extra results; columns past Cout read the zero padding of
-the last panel and are not stored.
-
-All kernels of this family are compiled with ``error_model="numpy"``: a float
-division (the one in SiLU) then never raises, so the fused epilogue stays
-vectorisable.
+* ``W`` is packed once, at load time, into column *panels* of NR output
+  channels: ``panels[p, k, j] = W[p*NR + j, k]`` (zero-padded), so the NR
+  weights the register tile needs for one k are contiguous.
+* The product is computed in MR x NR register tiles (``simd.gemm_tile``): per
+  k, NV vector loads of the panel, MR broadcasts of x and MR*NV fused
+  multiply-adds, all accumulators in registers.
+* Work is split into jobs of (a chunk of rows) x (a group of panels) that run in
+  parallel.  Inside a job the panel loop is outside the row-tile loop, so one
+  panel (K x NR floats) stays in L1/L2 while it sweeps the chunk's rows.
+* Bias, activation and the optional residual are applied when a tile is written
+  out (the "fused epilogue"), so ``out`` is written exactly once.
 """
-import numba
+from collections import namedtuple
+
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, apply_act
+from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
+from .policy import arenas, check, helper, job
+from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, stack_buffer, vadd, vload, vload_n, vstore,
+                   vstore_n)
+from .workers import default_threads
 
-MR = 4    # rows of x per micro-tile
-NR = 16   # output channels per weight panel (= 2 AVX2 vectors)
-TILE = MR * NR
-
-
-# ---------------------------------------------------------------- SIMD helpers
-# Numba has no vector types, and leaving the vectorisation of a 16-wide loop to
-# LLVM is fragile: Numba's negative-index wrap-around test on ``a[i0 + j]`` hides
-# that consecutive j are consecutive addresses, and LLVM sometimes vectorises the
-# wrong loop (the 9 taps of a depthwise kernel instead of its channels).  These
-# tiny intrinsics state the 16-lane operations explicitly: each becomes two
-# 8-float AVX2 loads/stores and multiply-adds (fused into FMAs under fastmath).
-# They index C-contiguous float32 arrays by *flat* element index and do no bounds
-# checks; the callers guarantee idx .. idx+15 lies inside the array.
-_VEC8 = ir.VectorType(ir.FloatType(), 8)
+PointwiseWeight = namedtuple("PointwiseWeight", "panels cin cout")
+PointwiseWeight.__doc__ = """A packed (Cout, Cin) weight: ``panels`` float32 (ceil(Cout/NR), Cin, NR)
+with ``panels[p, k, j] = W[p*NR + j, k]`` and zeros past Cout."""
 
 
-def _is_f32_c_array(ty):
-    return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.layout == "C"
+def pack_panels(w2):
+    """(N, K) float matrix -> float32 (ceil(N/NR), K, NR) panels (zero columns past N)."""
+    n, k = w2.shape
+    panels = -(-n // NR)
+    padded = np.zeros((panels * NR, k), np.float32)                   # (P*NR, K)
+    padded[:n] = w2
+    return np.ascontiguousarray(padded.reshape(panels, NR, k).transpose(0, 2, 1))  # (P, K, NR)
 
 
-def _are_indices(*tys):
-    return all(isinstance(ty, types.Integer) for ty in tys)
+def prepare_pointwise_weight(w):
+    """Pack a torch-layout weight (Cout, Cin) or (Cout, Cin, 1, 1) for :func:`pointwise_conv`.
 
-
-def _lane_ptrs(context, builder, arrty, arr, idxty, idx):
-    """LLVM pointers to the two 8-float halves of arr.flat[idx:idx+16]."""
-    data = context.make_array(arrty)(context, builder, arr).data
-    base = builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
-    return [builder.bitcast(builder.gep(base, [context.get_constant(types.intp, half)]),
-                            _VEC8.as_pointer()) for half in (0, 8)]
-
-
-@intrinsic
-def stack_buffer_f32(typingctx, size):
-    """``stack_buffer_f32(n)`` -> uninitialised float32 array of n elements on the stack.
-
-    ``n`` must be a compile-time constant.  Unlike ``np.empty`` this does not
-    call the allocator, and because the memory is a plain ``alloca`` that is only
-    touched at constant offsets, LLVM keeps it entirely in registers.
+    Also used for ``nn.Linear`` weights (out, in).  Called once, at load time.
     """
-    if not isinstance(size, types.IntegerLiteral):
-        return None
-    n = size.literal_value
-    arrty = types.Array(types.float32, 1, "C")
-
-    def codegen(context, builder, signature, args):
-        intp = types.intp
-        ptr = cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
-        ary = context.make_array(arrty)(context, builder)
-        context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
-                               strides=[context.get_constant(intp, 4)],
-                               itemsize=context.get_constant(intp, 4), meminfo=None)
-        return ary._getvalue()
-
-    return arrty(size), codegen
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim == 4:
+        check(w.shape[2:] == (1, 1), f"not a 1x1 conv weight: {w.shape}")
+        w = w[:, :, 0, 0]
+    check(w.ndim == 2, f"expected a (Cout, Cin) weight, got {w.shape}")
+    return PointwiseWeight(pack_panels(w), w.shape[1], w.shape[0])
 
 
-@intrinsic
-def axpy16(typingctx, acc, ai, s, src, si):
-    """acc.flat[ai:ai+16] += s * src.flat[si:si+16]   (s a float32 scalar, broadcast)."""
-    if not (_is_f32_c_array(acc) and _is_f32_c_array(src) and s == types.float32
-            and _are_indices(ai, si)):
-        return None
+# ---------------------------------------------------------------- the GEMM block
+@helper
+def store_tile(acc, rows, out, o_off, ldo, ncols, w, b_off, act, res, r_off, has_res):
+    """The fused epilogue of one register tile, for i < rows, j < ncols (<= NR)::
 
-    def codegen(context, builder, signature, args):
-        acc_v, ai_v, s_v, src_v, si_v = args
-        at, ait, _, st, sit = signature.args
-        vs = ir.Constant(_VEC8, ir.Undefined)                      # broadcast s to 8 lanes
-        for lane in range(8):
-            vs = builder.insert_element(vs, s_v, context.get_constant(types.int32, lane))
-        for pa, ps in zip(_lane_ptrs(context, builder, at, acc_v, ait, ai_v),
-                          _lane_ptrs(context, builder, st, src_v, sit, si_v)):
-            prod = builder.fmul(vs, builder.load(ps, align=4), flags=("fast",))
-            builder.store(builder.fadd(builder.load(pa, align=4), prod, flags=("fast",)), pa,
-                          align=4)
-        return context.get_dummy_value()
+        out.flat[o_off + i*ldo + j] = act(acc[i*NR + j] + w.flat[b_off + j])
+                                      (+ res.flat[r_off + i*ldo + j])
 
-    return types.void(acc, ai, s, src, si), codegen
-
-
-@intrinsic
-def fma16(typingctx, acc, ai, w, wi, x, xi):
-    """acc.flat[ai:ai+16] += w.flat[wi:wi+16] * x.flat[xi:xi+16]   (element-wise)."""
-    if not (_is_f32_c_array(acc) and _is_f32_c_array(w) and _is_f32_c_array(x)
-            and _are_indices(ai, wi, xi)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc_v, ai_v, w_v, wi_v, x_v, xi_v = args
-        at, ait, wt, wit, xt, xit = signature.args
-        for pa, pw, px in zip(_lane_ptrs(context, builder, at, acc_v, ait, ai_v),
-                              _lane_ptrs(context, builder, wt, w_v, wit, wi_v),
-                              _lane_ptrs(context, builder, xt, x_v, xit, xi_v)):
-            prod = builder.fmul(builder.load(pw, align=4), builder.load(px, align=4),
-                                flags=("fast",))
-            builder.store(builder.fadd(builder.load(pa, align=4), prod, flags=("fast",)), pa,
-                          align=4)
-        return context.get_dummy_value()
-
-    return types.void(acc, ai, w, wi, x, xi), codegen
+    Columns past ``ncols`` are neither read nor written."""
+    for i in range(rows):
+        for v in range(NV):
+            left = ncols - v * VEC
+            if left <= 0:
+                break
+            oi = o_off + i * ldo + v * VEC
+            ri = r_off + i * ldo + v * VEC
+            if left >= VEC:
+                y = vact(vadd(vload(acc, i * NR + v * VEC), vload(w, b_off + v * VEC)), act)
+                if has_res:                    # read res (possibly out itself) before writing
+                    y = vadd(y, vload(res, ri))
+                vstore(out, oi, y)
+            else:
+                y = vact(vadd(vload(acc, i * NR + v * VEC), vload_n(w, b_off + v * VEC, left)),
+                         act)
+                if has_res:
+                    y = vadd(y, vload_n(res, ri, left))
+                vstore_n(out, oi, y, left)
 
 
-@intrinsic
-def copy16(typingctx, dst, di, src, si):
-    """dst.flat[di:di+16] = src.flat[si:si+16]."""
-    if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _are_indices(di, si)):
-        return None
+@helper
+def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_off, ldo, res,
+               r_off, has_res):
+    """Rows 0..m of ``out = act(A @ W.T + bias) (+ res)``, for the panels p_lo..p_hi.
 
-    def codegen(context, builder, signature, args):
-        d_v, di_v, s_v, si_v = args
-        dt, dit, st, sit = signature.args
-        for pd, ps in zip(_lane_ptrs(context, builder, dt, d_v, dit, di_v),
-                          _lane_ptrs(context, builder, st, s_v, sit, si_v)):
-            builder.store(builder.load(ps, align=4), pd, align=4)
-        return context.get_dummy_value()
-
-    return types.void(dst, di, src, si), codegen
-
-
-# ---------------------------------------------------------------- micro-kernel
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def micro_tile(a, r0, r1, r2, r3, k0, wp, p, kn, acc):
-    """acc[16*i + j] += sum_{k<kn} a[r_i, k0+k] * wp[p, k0+k, j]   (i < 4, j < 16).
-
-    ``a`` is 2-D (rows, K); ``r0..r3`` are the 4 rows of the tile; ``wp`` is a
-    packed weight (P, K, 16).  Per k: 4 scalar loads of ``a`` (broadcast), one
-    16-float row of the panel (2 vector loads, shared by the 4 axpy16 after
-    LLVM's common-subexpression elimination) and 8 vector FMAs into the 8
-    accumulator registers.
+    Row r of A is a.flat[a_off + r*lda : +k]; the packed panels (P, k, NR) start at
+    w.flat[w_off] and the bias (n floats) at w.flat[b_off]; row r of out is at
+    out.flat[o_off + r*ldo] (n = the true Cout: columns past it are not written), of res
+    at res.flat[r_off + r*ldo].  Panel-outer, row-tile-inner: a panel is reused from L1
+    by all the row tiles.
     """
-    k_total = wp.shape[1]
-    for k in range(kn):
-        kk = k0 + k
-        wi = (p * k_total + kk) * NR      # flat index of wp[p, kk, 0]
-        axpy16(acc, 0, a[r0, kk], wp, wi)
-        axpy16(acc, NR, a[r1, kk], wp, wi)
-        axpy16(acc, 2 * NR, a[r2, kk], wp, wi)
-        axpy16(acc, 3 * NR, a[r3, kk], wp, wi)
+    acc = stack_buffer(TILE)             # the register tile's spill slot
+    for p in range(p_lo, p_hi):
+        n0 = p * NR
+        ncols = min(NR, n - n0)
+        for m0 in range(0, m, MR):
+            rows = min(MR, m - m0)
+            gemm_tile(acc, a, a_off + m0 * lda, lda, rows, w, w_off + p * k * NR, k, False)
+            store_tile(acc, rows, out, o_off + m0 * ldo + n0, ldo, ncols, w, b_off + n0, act,
+                       res, r_off + m0 * ldo + n0, has_res)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy", cache=True)
-def zero_tile(acc):
-    for t in range(TILE):
-        acc[t] = np.float32(0.0)
+# ---------------------------------------------------------------- the op
+# fields of a "gemm" op row, after [code, jobs]
+GEMM_FIELDS = ("a_off", "m", "k", "w_off", "b_off", "n", "act", "o_off", "r_off", "has_res",
+               "mc", "pg")
 
 
-@njit(fastmath=True, error_model="numpy", cache=True)
-def store_partial_tile(acc, nrows, ncols, out, m0, n0, bias, act, res, has_res):
-    """The epilogue of a tile narrower than 16 columns (last panel, Cout % 16 != 0):
-    out[m0+i, n0+j] = act(acc[16*i + j] + bias[n0+j]) (+ res[m0+i, n0+j]), element by element."""
-    for i in range(nrows):
-        m = m0 + i
-        for j in range(ncols):
-            v = apply_act(acc[i * NR + j] + bias[n0 + j], act)
-            if has_res:
-                v += res[m, n0 + j]
-            out[m, n0 + j] = v
+@job
+def gemm_job(pa, a_size, pw, w_size, pp, j):
+    """Job j of a gemm op: a chunk of mc rows x a group of pg panels."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    a_off, m, k, w_off, b_off, n = p[2], p[3], p[4], p[5], p[6], p[7]
+    act, o_off, r_off, has_res, mc, pg = p[8], p[9], p[10], p[11], p[12], p[13]
+    n_panels = (n + NR - 1) // NR
+    n_groups = (n_panels + pg - 1) // pg
+    chunk = j // n_groups
+    group = j - chunk * n_groups
+    m_lo = chunk * mc
+    gemm_block(A, a_off + m_lo * k, k, min(mc, m - m_lo), k, W, w_off, group * pg,
+               min(n_panels, group * pg + pg), b_off, act, n, A, o_off + m_lo * n, n, A,
+               r_off + m_lo * n, has_res != 0)
 
 
-# ---------------------------------------------------------------- job planning
-def plan_jobs(m, mc_max, panels):
+def plan_jobs(m, mc_max, panels, threads):
     """Split an (m rows) x (panels) product into parallel jobs: returns (MC rows, PG panels).
 
     Rows are cut into equal chunks of at most ``mc_max`` rows (a multiple of MR),
@@ -215,110 +144,74 @@ def plan_jobs(m, mc_max, panels):
     are split into groups as well, aiming at 4 jobs per thread.
     """
     n_chunks = -(-m // mc_max)
-    mc = -(-m // (n_chunks * MR)) * MR                  # equal chunks, multiples of MR
+    if threads > 1:
+        n_chunks = -(-n_chunks // threads) * threads         # a multiple of the thread count
+    mc = -(-m // (n_chunks * MR)) * MR                      # equal chunks, multiples of MR
     n_chunks = -(-m // mc)
-    want = 4 * numba.get_num_threads()
+    want = 4 * threads if threads > 1 else 1
     groups = min(panels, max(1, -(-want // n_chunks)))
     pg = -(-panels // groups)
-    return mc, pg
+    return mc, pg, n_chunks * -(-panels // pg)
 
 
-# ---------------------------------------------------------------- the kernel
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _pointwise_job(x, wp, bias, act, out, res, has_res, m_lo, m_hi, p_lo, p_hi):
-    """Rows m_lo:m_hi x panels p_lo:p_hi of the product, one 4 x 16 tile at a time."""
-    k = x.shape[1]
-    n_total = out.shape[1]
-    acc = stack_buffer_f32(TILE)         # the 4 x 16 tile, in registers
-    last = m_hi - 1
-    for p in range(p_lo, p_hi):          # one panel stays in L1 ...
-        n0 = p * NR
-        ncols = min(NR, n_total - n0)
-        for mt in range(m_lo, m_hi, MR):  # ... while it sweeps the chunk's rows
-            nrows = min(MR, m_hi - mt)
-            zero_tile(acc)
-            micro_tile(x, mt, min(mt + 1, last), min(mt + 2, last), min(mt + 3, last),
-                       0, wp, p, k, acc)
-            # epilogue: out = act(acc + bias) (+ res), 16-lane vector code.  (Written out
-            # here: as an inlined helper, Numba adds reference-count calls on every tile.)
-            if ncols < NR:
-                store_partial_tile(acc, nrows, ncols, out, mt, n0, bias, act, res, has_res)
-                continue
-            for i in range(MR):
-                axpy16(acc, i * NR, np.float32(1.0), bias, n0)          # + bias
-            if act != ACT_NONE:
-                for t in range(TILE):    # constant trip count: unrolled and vectorised
-                    acc[t] = apply_act(acc[t], act)
-            for i in range(nrows):
-                flat = (mt + i) * n_total + n0                          # out[mt+i, n0]
-                if has_res:              # read res (possibly out itself) before writing
-                    axpy16(acc, i * NR, np.float32(1.0), res, flat)
-                copy16(out, flat, acc, i * NR)
+def check_activation(act):
+    check(act in (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU), f"activation {act} is not fused")
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _pointwise_kernel(x, wp, bias, act, out, res, has_res, mc, pg):
-    m_total = x.shape[0]                 # x (M, K), out (M, N), wp (P, K, 16)
-    panels = wp.shape[0]
-    n_chunks = (m_total + mc - 1) // mc
-    n_groups = (panels + pg - 1) // pg
-    for job in prange(n_chunks * n_groups):   # jobs: (chunk of mc rows) x (group of pg panels)
-        chunk = job // n_groups
-        group = job - chunk * n_groups
-        _pointwise_job(x, wp, bias, act, out, res, has_res, chunk * mc,
-                       min(m_total, chunk * mc + mc), group * pg, min(panels, group * pg + pg))
+def gemm_op(a_off, m, k, w_off, b_off, n, act, o_off, r_off=None, threads=1):
+    """The op ``A[o_off] (M, N) = act(A[a_off] (M, K) @ panels(W[w_off]) + W[b_off])
+    (+ A[r_off])``: all rows contiguous (lda = K, ldo = N)."""
+    check_activation(act)
+    check(min(m, k, n) >= 1, f"empty product {m}x{k}x{n}")
+    # a chunk of x (MC x K floats, <= 256 KiB) stays in L2 while each panel sweeps it
+    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // k)), -(-n // NR), threads)
+    from .program import Op
+    return Op("gemm", jobs, (a_off, m, k, w_off, b_off, n, act, o_off,
+                             o_off if r_off is None else r_off, r_off is not None, mc, pg))
 
 
-# ---------------------------------------------------------------- public API
-def prepare_pointwise_weight(w):
-    """Pack a torch-layout weight (Cout, Cin) or (Cout, Cin, 1, 1) into panels.
-
-    Returns ``wp`` float32 (ceil(Cout/16), Cin, 16) with
-    ``wp[p, k, j] = w[16*p + j, k]`` and zeros past Cout.  Also used for
-    ``nn.Linear`` weights (out, in).  Called once at load time.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    if w.ndim == 4:
-        assert w.shape[2:] == (1, 1), f"not a 1x1 conv weight: {w.shape}"
-        w = w[:, :, 0, 0]
-    assert w.ndim == 2, f"expected (Cout, Cin), got {w.shape}"
-    cout, cin = w.shape
-    panels = -(-cout // NR)
-    padded = np.zeros((panels * NR, cin), np.float32)    # (P*16, Cin)
-    padded[:cout] = w
-    return np.ascontiguousarray(padded.reshape(panels, NR, cin).transpose(0, 2, 1))  # (P, Cin, 16)
+# ---------------------------------------------------------------- the standalone call
+def _check_f32(a, name):
+    check(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous,
+          f"{name} must be a C-contiguous float32 array")
 
 
-def pointwise_conv(x, wp, bias, act, out, residual=None):
+def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
     """out = act(x @ W.T + bias) (+ residual), written into ``out``; returns ``out``.
 
     x: float32 C-contiguous (..., Cin); wp: from :func:`prepare_pointwise_weight`;
-    bias: float32 (Cout,); act: activation code; out: float32 C-contiguous
-    (..., Cout) with x's leading dims; residual: None or an array shaped like
-    ``out`` (may be ``out`` itself for in-place accumulation).
+    bias: float32 (Cout,); act: activation code (none, ReLU, ReLU6 or SiLU); out:
+    float32 C-contiguous (..., Cout) with x's leading dims; residual: None or an
+    array shaped like ``out`` (may be ``out`` itself for in-place accumulation).
+    The arrays are copied into a one-op program (:mod:`program`); models run the op
+    on their planned arenas instead.
     """
-    assert x.dtype == np.float32 and x.flags.c_contiguous, "x must be C-contiguous float32"
-    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
-    k = x.shape[-1]
-    n = out.shape[-1]
-    assert out.shape[:-1] == x.shape[:-1], f"leading dims differ: {x.shape} vs {out.shape}"
-    assert wp.ndim == 3 and wp.shape[1] == k and wp.shape[2] == NR, "weight/input mismatch"
-    assert (wp.shape[0] - 1) * NR < n <= wp.shape[0] * NR, "weight/output mismatch"
-    assert bias.shape == (n,) and bias.dtype == np.float32
-    x2 = x.reshape(-1, k)                                   # (M, K)
-    out2 = out.reshape(-1, n)                               # (M, N)
-    if residual is None:
-        res2, has_res = out2, False
-    else:
-        assert residual.shape == out.shape and residual.dtype == np.float32
-        assert residual.flags.c_contiguous
-        res2, has_res = residual.reshape(-1, n), True       # (M, N)
-    m = x2.shape[0]
-    if m == 0:
+    from .program import Arena, run_ops
+
+    for name, arr in (("x", x), ("out", out), ("bias", bias)):
+        _check_f32(arr, name)
+    check(isinstance(wp, PointwiseWeight), "wp must come from prepare_pointwise_weight")
+    k, n = x.shape[-1], out.shape[-1]
+    check(out.shape[:-1] == x.shape[:-1], f"leading dims differ: {x.shape} vs {out.shape}")
+    check(wp.cin == k and wp.cout == n,
+          f"weight is {wp.cout}x{wp.cin}, but x has {k} and out {n} channels")
+    check(bias.shape == (n,), f"bias must have shape ({n},), got {bias.shape}")
+    if residual is not None:
+        _check_f32(residual, "residual")
+        check(residual.shape == out.shape, f"residual shape {residual.shape} != {out.shape}")
+    m = x.size // max(k, 1)
+    if m == 0 or n == 0:
         return out
-    # a chunk of x (MC x K floats, <= 128 KiB) stays in L2 while each panel sweeps it
-    mc, pg = plan_jobs(m, max(MR, min(128, 32768 // k)), wp.shape[0])
-    _pointwise_kernel(x2, wp, bias, act, out2, res2, has_res, mc, pg)
+    if k == 0:                                              # an empty sum: act(bias) (+ res)
+        x, wp, k = np.zeros((m, 1), np.float32), prepare_pointwise_weight(np.zeros((n, 1))), 1
+    A, W = Arena(), Arena()
+    xo, oo = A.add(x), A.add(out)
+    ro = None if residual is None else oo if residual is out else A.add(residual)
+    wo, bo = W.add(wp.panels), W.add(bias)
+    threads = threads or default_threads()
+    arena = run_ops([gemm_op(xo, m, k, wo, bo, n, act, oo, ro, threads)], A.build(), W.build(),
+                    threads)
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
 
 
@@ -330,7 +223,8 @@ def act_reference_f64(y, act):
         return np.clip(y, 0.0, 6.0)
     if act == ACT_SILU:
         return y / (1.0 + np.exp(-y))
-    assert act == ACT_NONE, f"unknown activation code {act}"
+    if act != ACT_NONE:
+        raise ValueError(f"unknown activation code {act}")
     return y
 
 

@@ -5,27 +5,39 @@ three families and the image-pooling branch of the DeepLabV3 heads.  The sums ar
 accumulated in float64.
 """
 import numpy as np
-from numba import njit, prange
 
-_CHANNEL_BLOCK = 64  # channels summed by one parallel task
+from .policy import arenas, check, check_array, helper, job
+
+CHANNEL_BLOCK = 64  # channels summed by one parallel job
+
+# fields of a "pool" op row (after [code, jobs]): x (B, HW, C) at x_off, out (B, C) at o_off
+POOL_FIELDS = ("x_off", "B", "HW", "C", "o_off")
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _global_avg_pool_kernel(x, out):
-    # x: (B, HW, C);  out: (B, C)
-    B, HW, C = x.shape
-    n_cblocks = (C + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
-    inv = 1.0 / HW
-    for task in prange(B * n_cblocks):
-        b = task // n_cblocks
-        c0 = (task % n_cblocks) * _CHANNEL_BLOCK
-        c1 = min(C, c0 + _CHANNEL_BLOCK)
-        acc = np.zeros(c1 - c0, np.float64)  # (channels in block,)
-        for k in range(HW):
-            for c in range(c0, c1):
-                acc[c - c0] += x[b, k, c]
-        for c in range(c0, c1):
-            out[b, c] = np.float32(acc[c - c0] * inv)
+@job
+def pool_job(pa, a_size, pw, w_size, pp, job):
+    """out[b, c0:c1] = mean over the HW pixels, for one block of channels (float64 sums)."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, hw, c, o_off = p[2], p[4], p[5], p[6]
+    n_cblocks = (c + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    b = job // n_cblocks
+    c0 = (job - b * n_cblocks) * CHANNEL_BLOCK
+    c1 = min(c, c0 + CHANNEL_BLOCK)
+    acc = np.zeros(c1 - c0, np.float64)      # (channels in block,)
+    for k in range(hw):
+        row = x_off + (b * hw + k) * c
+        for ch in range(c0, c1):
+            acc[ch - c0] += A[row + ch]
+    for ch in range(c0, c1):
+        A[o_off + b * c + ch] = np.float32(acc[ch - c0] / hw)
+
+
+def pool_op(x_off, shape, o_off):
+    """The op of a global average pool of (B, H, W, C) into (B, C)."""
+    check(len(shape) == 4 and shape[1] * shape[2] >= 1, f"cannot pool a map of shape {shape}")
+    B, H, W, C = shape
+    from .program import Op
+    return Op("pool", B * -(-C // CHANNEL_BLOCK), (x_off, B, H * W, C, o_off))
 
 
 def global_avg_pool(x, out):
@@ -34,14 +46,18 @@ def global_avg_pool(x, out):
     x:   (B, H, W, C) float32 C-contiguous, H*W >= 1.
     out: (B, C) float32 C-contiguous, written.   Returns ``out``.
     """
-    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4, \
-        "x must be a C-contiguous float32 (B, H, W, C) array"
-    assert out.dtype == np.float32 and out.flags.c_contiguous, "out must be C-contiguous float32"
+    from .program import Arena, run_ops
+
+    check_array(x, "x", 4)
+    check_array(out, "out", 2)
     B, H, W, C = x.shape
-    assert out.shape == (B, C), f"out shape {out.shape} != {(B, C)}"
-    assert H * W >= 1, "cannot pool an empty map"
-    if out.size:
-        _global_avg_pool_kernel(x.reshape(B, H * W, C), out)  # view (B, HW, C)
+    check(out.shape == (B, C), f"out shape {out.shape} != {(B, C)}")
+    if out.size == 0:
+        return out
+    A = Arena()
+    xo, oo = A.add(x), A.add(size=out.size)
+    arena = run_ops([pool_op(xo, x.shape, oo)], A.build(), Arena().build())
+    out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
 
 

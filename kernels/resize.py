@@ -38,7 +38,9 @@ Each public kernel has a plain NumPy reference (``*_reference``) used by the tes
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+
+from .policy import check, check_array, helper, kernel
+from .workers import POOL, default_threads, next_job
 
 
 # ----------------------------------------------------------------------------- taps
@@ -90,7 +92,7 @@ def mapped_bilinear_taps(in_size, out_size, scale, offset):
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(inline="always", fastmath=True, cache=True)
+@helper
 def _fma32(a, b, c):
     """float32(a*b + c) as a fused multiply-add: a*b is exact in float64, so only the sum
     rounds (to float64, then float32 - the same as one rounding except in very rare
@@ -98,15 +100,19 @@ def _fma32(a, b, c):
     return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _bilinear_gather(x, out, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
+@kernel(nogil=True)
+def _bilinear_gather(x, out, y0, y1, wy0, wy1, x0, x1, wx0, wx1, sync, worker, n_workers):
     """out[b, oy, ox, :] = blend of the four x rows/columns named by the taps.
 
     The arithmetic is ATen's, operation for operation, including the multiply-adds
     its compiled loop fuses:  row = fma(w0, x0, w1*x1);  out = fma(a0, top, a1*bot).
+    One job per output row, shared by the workers.
     """
     B, Ho, Wo, C = out.shape
-    for r in prange(B * Ho):
+    while True:
+        r = next_job(sync, 1)
+        if r >= B * Ho:
+            break
         b = r // Ho
         oy = r - b * Ho
         top = x[b, y0[oy]]        # (W, C)
@@ -125,8 +131,8 @@ def _bilinear_gather(x, out, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
                 orow[ox, c] = _fma32(a0, t, a1 * u)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
+@kernel(nogil=True)
+def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1, sync, worker, n_workers):
     """labels[b, oy, ox] = argmax over c of the bilinear blend at (oy, ox).
 
     Separable: each output row first blends its two input rows (vertical pass into a
@@ -139,8 +145,11 @@ def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
     C = x.shape[3]
     rows_per_task = 16
     n_tasks = (B * Ho + rows_per_task - 1) // rows_per_task
-    for task in prange(n_tasks):
-        col = np.empty((W, C), dtype=np.float32)        # vertical blend of one output row
+    col = np.empty((W, C), dtype=np.float32)            # vertical blend of one output row
+    while True:
+        task = next_job(sync, 1)
+        if task >= n_tasks:
+            break
         for r in range(task * rows_per_task, min(B * Ho, (task + 1) * rows_per_task)):
             b = r // Ho
             oy = r - b * Ho
@@ -167,16 +176,18 @@ def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
 
 
 def _check(x, out):
-    assert x.dtype == np.float32 and x.flags.c_contiguous, "x must be C-contiguous float32 NHWC"
-    assert out.dtype == np.float32 and out.flags.c_contiguous, \
-        "out must be C-contiguous float32 NHWC"
-    assert x.ndim == 4 and out.ndim == 4, "x and out must be 4-D (B, H, W, C)"
-    assert x.shape[0] == out.shape[0] and x.shape[3] == out.shape[3], \
-        f"batch/channels differ: x {x.shape}, out {out.shape}"
-    assert x.shape[1] > 0 and x.shape[2] > 0, f"empty input {x.shape}"
+    check_array(x, "x", 4)
+    check_array(out, "out", 4)
+    check(x.shape[0] == out.shape[0] and x.shape[3] == out.shape[3],
+          f"batch/channels differ: x {x.shape}, out {out.shape}")
+    check(x.shape[1] > 0 and x.shape[2] > 0, f"empty input {x.shape}")
 
 
-def resize_bilinear(x, out, align_corners=False):
+def _gather(x, out, ty, tx, threads):
+    POOL.run(_bilinear_gather, (x, out, *ty, *tx), threads or default_threads(), 2)
+
+
+def resize_bilinear(x, out, align_corners=False, threads=None):
     """PyTorch ``F.interpolate(mode="bilinear")`` on NHWC float32 tensors.
 
     x:   (B, H, W, C) float32, C-contiguous.
@@ -189,11 +200,11 @@ def resize_bilinear(x, out, align_corners=False):
         return out
     ty = torch_bilinear_taps(H, Ho, bool(align_corners))   # 4 x (Ho,)
     tx = torch_bilinear_taps(W, Wo, bool(align_corners))   # 4 x (Wo,)
-    _bilinear_gather(x, out, *ty, *tx)                     # out: (B, Ho, Wo, C)
+    _gather(x, out, ty, tx, threads)                       # out: (B, Ho, Wo, C)
     return out
 
 
-def resize_bilinear_mapped(x, out, scale_y, offset_y, scale_x, offset_x):
+def resize_bilinear_mapped(x, out, scale_y, offset_y, scale_x, offset_x, threads=None):
     """Bilinear sampling at ``src = clamp(i * scale + offset, 0, in - 1)`` per axis.
 
     x:   (B, H, W, C) float32, C-contiguous.
@@ -208,11 +219,12 @@ def resize_bilinear_mapped(x, out, scale_y, offset_y, scale_x, offset_x):
         return out
     ty = mapped_bilinear_taps(H, Ho, scale_y, offset_y)    # 4 x (Ho,)
     tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
-    _bilinear_gather(x, out, *ty, *tx)                     # out: (B, Ho, Wo, C)
+    _gather(x, out, ty, tx, threads)                       # out: (B, Ho, Wo, C)
     return out
 
 
-def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_x):
+def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_x,
+                                  threads=None):
     """Argmax over channels of :func:`resize_bilinear_mapped`, without the float buffer.
 
     x:      (B, H, W, C) float32, C-contiguous (e.g. segmentation logits).
@@ -221,19 +233,19 @@ def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_
     where two classes tie to float32 rounding, but never materialises the
     (B, Ho, Wo, C) interpolated scores, and is separable (two blends per class).
     """
-    assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4, \
-        "x must be C-contiguous float32 (B, H, W, C)"
-    assert labels.dtype == np.int64 and labels.flags.c_contiguous and labels.ndim == 3, \
-        "labels must be C-contiguous int64 (B, Ho, Wo)"
-    assert labels.shape[0] == x.shape[0] and min(x.shape) > 0, \
-        f"batch differs or empty input: x {x.shape}, labels {labels.shape}"
+    check_array(x, "x", 4)
+    check(isinstance(labels, np.ndarray) and labels.dtype == np.int64
+          and labels.flags.c_contiguous and labels.ndim == 3,
+          "labels must be C-contiguous int64 (B, Ho, Wo)")
+    check(labels.shape[0] == x.shape[0] and min(x.shape) > 0,
+          f"batch differs or empty input: x {x.shape}, labels {labels.shape}")
     B, H, W, C = x.shape
     _, Ho, Wo = labels.shape
     if labels.size == 0:
         return labels
     ty = mapped_bilinear_taps(H, Ho, scale_y, offset_y)    # 4 x (Ho,)
     tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
-    _bilinear_argmax(x, labels, *ty, *tx)                  # labels: (B, Ho, Wo)
+    POOL.run(_bilinear_argmax, (x, labels, *ty, *tx), threads or default_threads(), 2)
     return labels
 
 

@@ -9,7 +9,7 @@ turn checked against PyTorch / transformers when those are installed.
 import numpy as np
 import pytest
 
-from tinymvit.kernels import batchnorm, conv, depthwise, pointwise
+from tinymvit.kernels import batchnorm, conv, depthwise, pointwise, simd
 from tinymvit.kernels.activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU
 
 ACTS = (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU)
@@ -68,12 +68,15 @@ def test_pointwise_matches_reference(lead, cin, cout):
 def test_pointwise_weight_layouts_agree():
     rng = np.random.default_rng(7)
     w = randn(rng, 20, 9)
-    assert np.array_equal(pointwise.prepare_pointwise_weight(w),
-                          pointwise.prepare_pointwise_weight(w[:, :, None, None]))
-    wp = pointwise.prepare_pointwise_weight(w)
-    assert wp.shape == (2, 9, 16)                                     # 2 panels, zero padded
-    assert np.array_equal(wp[1, :, 4:], np.zeros((9, 12), np.float32))
-    assert np.array_equal(wp[1, :, :4], w[16:].T)
+    assert np.array_equal(pointwise.prepare_pointwise_weight(w).panels,
+                          pointwise.prepare_pointwise_weight(w[:, :, None, None]).panels)
+    wp = pointwise.prepare_pointwise_weight(w).panels
+    nr = simd.NR                                                      # panel width of this CPU
+    panels = -(-20 // nr)
+    assert wp.shape == (panels, 9, nr)                                # zero padded panels
+    last = 20 - (panels - 1) * nr                                     # columns of the last one
+    assert np.array_equal(wp[-1, :, last:], np.zeros((9, nr - last), np.float32))
+    assert np.array_equal(wp[-1, :, :last], w[(panels - 1) * nr:].T)
 
 
 def test_pointwise_reference_is_plain_matmul():

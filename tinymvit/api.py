@@ -122,7 +122,7 @@ class Model:
         self._num_threads = None if n is None else _check_threads(n)
 
     def _threads(self):
-        return min(self._num_threads or get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        return self._num_threads or get_num_threads()
 
     def __repr__(self):
         return (f"<tinymvit.Model {self.family} {self.task} from {self.source}: "
@@ -133,13 +133,8 @@ class Model:
         """Run the model on ``pixel_values`` (N, C, H, W) float32, as HF's processor makes them."""
         x = self._check_pixel_values(pixel_values)
         _check_not_forked_after_openmp()
-        numba.set_num_threads(self._threads())
         try:
-            if _WORKQUEUE_LOCK is None:
-                res = self.graph.run(x, with_hidden=output_hidden_states)
-            else:
-                with _WORKQUEUE_LOCK:
-                    res = self.graph.run(x, with_hidden=output_hidden_states)
+            res = self.graph.run(x, with_hidden=output_hidden_states, threads=self._threads())
         except InputTooSmall as exc:
             raise InputError(self._too_small_message(x.shape, exc)) from None
         out = {k: (_nchw(res[v]) if v else None) for k, v in self.graph.outputs.items()
@@ -155,12 +150,11 @@ class Model:
         """
         x = self._check_pixel_values(pixel_values)
         _check_not_forked_after_openmp()
-        numba.set_num_threads(self._threads())
-        self.graph.run(x)                                   # warm-up (JIT, planning)
+        self.graph.run(x, threads=self._threads())          # warm-up (JIT, planning)
         runs = []
         for _ in range(repeats):
             timings = []
-            self.graph.run(x, timings=timings)
+            self.graph.run(x, threads=self._threads(), timings=timings)
             runs.append(timings)
         rows, shapes = [], self.graph.shapes(x.shape)
         for i, (node, _) in enumerate(runs[0]):
@@ -306,4 +300,4 @@ def set_num_threads(n):
 
 def get_num_threads():
     """The number of kernel threads models use by default."""
-    return min(_default_threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+    return _default_threads or kernels.workers.default_threads()

@@ -1,16 +1,22 @@
-"""The static graph: a list of nodes, built once from the config, walked by a runner.
+"""The static graph: a list of nodes, built once from the config, planned per input shape.
 
 A model builder (``tinymvit/models/*.py``) calls :class:`GraphBuilder` methods
 (``conv``, ``group_norm``, ``unfold``...) that check and prepare the weights and
-append one :class:`Node` per kernel call.  Tensors are named by strings; the
-builder tracks their channel counts so every weight shape can be checked.
+append one :class:`Node` per layer.  Tensors are named by strings; the builder
+tracks their channel counts so every weight shape can be checked.  At the end,
+chains ``1x1 -> depthwise -> 1x1`` are fused into one node (:func:`fuse_separable`)
+and every weight is packed into one flat array, the weight arena ``W``.
 
-Nothing is allocated per call: :class:`Plan` infers every tensor's shape for one
-input shape (padding included: TF-"SAME" padding depends on the input size), then
-gives each tensor a view into a flat float32 buffer, reusing a buffer once its
-tensor is dead.  Plans are cached per input shape (the most recent few shapes) and kept
-in a small pool, so several threads can run the same model at once without sharing
-buffers.
+For each input shape (and thread count) a :class:`Plan` infers every tensor's shape
+(padding included: TF-"SAME" padding depends on the input size), gives each tensor
+a place in one flat float32 activation arena ``A`` (a place is reused once its
+tensor is dead), and asks each node for its kernel calls.  Those become a
+*program* (``kernels.program``): one table of ops that a single parallel Numba
+kernel runs, so a forward pass costs one call into compiled code.  (The few
+layers that have no kernel of their own -- concatenation, rare activations,
+bilinear resizing of odd maps -- run as NumPy steps between program segments.)
+Plans are cached per input shape (the most recent few) and kept in a small pool,
+so several threads can run the same model at once without sharing buffers.
 
 All activations are NHWC float32: (N, H, W, C) maps, (N, P, T, C) patch tokens,
 (N, C) vectors.
@@ -19,34 +25,55 @@ import collections
 import math
 import threading
 import time
+from collections import namedtuple
+from functools import partial
 
 import numpy as np
 
 from . import kernels as K  # noqa: F401  (selects the thread-safe Numba threading layer)
 from .errors import InputError
 from .kernels import activations as act_mod
-from .kernels import (attention_mha, attention_separable, batchnorm, conv, depthwise, norm,
-                      patches, pointwise, pooling, resize)
+from .kernels import (attention_mha, attention_separable, batchnorm, conv, depthwise, layout,
+                      norm, patches, pointwise, pooling, program, resize, workers)
 
 
 class InputTooSmall(InputError):
     """Raised while planning when a feature map becomes too small for a layer."""
 
 
+Tensor = namedtuple("Tensor", "off shape")
+Tensor.__doc__ = "A tensor of a plan: its offset in the activation arena and its shape."
+
+
+def view(A, t):
+    """The NumPy view of tensor ``t`` in arena ``A``."""
+    return A[t.off:t.off + math.prod(t.shape)].reshape(t.shape)
+
+
 # ----------------------------------------------------------------------------------------
-# Nodes: one kernel call each.  ``infer`` maps input shapes to (output shape, static args)
-# for one input size; ``run`` calls the kernel on planned buffers.
+# Nodes.  ``infer`` maps input shapes to (output shape, static args) for one input size;
+# ``steps`` returns the node's work for a plan: kernel ops (``program.Op``) and, rarely,
+# NumPy steps (functions of the arena A).
 # ----------------------------------------------------------------------------------------
 class Node:
-    scratch = None  # shape of a private scratch buffer, decided in infer (or None)
-
     def __init__(self, name, inputs, output):
         self.name, self.inputs, self.output = name, tuple(inputs), output
 
     def infer(self, shapes):
         raise NotImplementedError
 
-    def run(self, ins, out, args, scratch):
+    def place(self, arena):
+        """Put this node's weights into the weight arena (once, when the graph is built)."""
+
+    def attach(self, W):
+        """Called once the weight arena ``W`` is built (nodes may keep views into it)."""
+
+    def scratch_size(self, in_shapes, out_shape, args, threads):
+        """Floats of private scratch memory one run needs (0: none)."""
+        return 0
+
+    def steps(self, ins, out, args, scratch, threads):
+        """The node's work on tensors ``ins`` -> ``out`` (Tensors); ``scratch``: a Tensor."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -60,8 +87,8 @@ class ToNHWC(Node):
         n, c, h, w = shapes[0]
         return (n, h, w, c), None
 
-    def run(self, ins, out, args, scratch):
-        np.copyto(out, ins[0].transpose(0, 2, 3, 1))
+    def steps(self, ins, out, args, scratch, threads):
+        return [layout.nchw_to_nhwc_op(ins[0].off, ins[0].shape, out.off)]
 
 
 def _conv_geometry(n, k, stride, dilation, padding):
@@ -83,12 +110,26 @@ class Conv(Node):
                  act):
         super().__init__(name, inputs, output)
         self.kind, self.k, self.stride, self.dilation = kind, k, stride, dilation
-        self.padding, self.act, self.bias = padding, act, bias
+        self.padding, self.act = padding, act
         self.cout = weight.shape[0]
         prepare = {"pointwise": pointwise.prepare_pointwise_weight,
                    "depthwise": depthwise.prepare_depthwise_weight,
                    "full": conv.prepare_conv_weight}[kind]
-        self.weight = prepare(weight)
+        self.weight, self.bias = prepare(weight), np.ascontiguousarray(bias, np.float32)
+
+    def place(self, arena):
+        packed = self.weight if self.kind == "depthwise" else self.weight.panels
+        self.w_off, self.b_off = arena.add(packed), arena.add(self.bias)
+
+    def attach(self, W):
+        """Keep views into the built weight arena instead of private copies."""
+        def in_arena(a, off):
+            return W[off:off + a.size].reshape(a.shape)
+        if self.kind == "depthwise":
+            self.weight = in_arena(self.weight, self.w_off)
+        else:
+            self.weight = self.weight._replace(panels=in_arena(self.weight.panels, self.w_off))
+        self.bias = in_arena(self.bias, self.b_off)
 
     def infer(self, shapes):
         x = shapes[0]
@@ -101,22 +142,144 @@ class Conv(Node):
             raise InputTooSmall(f"{self.name}: a {h}x{w} map gives an empty output")
         return (n, ho, wo, self.cout), (top, left)
 
-    def run(self, ins, out, args, scratch):
-        residual = ins[1] if len(ins) > 1 else None
-        fused = self.act <= act_mod.MAX_FUSED         # ReLU/ReLU6/SiLU: in the kernel's epilogue
-        act = self.act if fused else act_mod.ACT_NONE
-        fuse_residual = self.kind == "pointwise" and fused   # out = act(conv) + residual
+    def fused_act(self):
+        """The activation the kernel applies (ReLU/ReLU6/SiLU; the rare ones: a separate step)."""
+        return self.act if self.act <= act_mod.MAX_FUSED else act_mod.ACT_NONE
+
+    def kernel_op(self, x, out, args, threads, r_off=None):
+        """This conv as one kernel op from Tensor x to Tensor out (+ A[r_off])."""
+        act = self.fused_act()
         if self.kind == "pointwise":
-            pointwise.pointwise_conv(ins[0], self.weight, self.bias, act, out,
-                                     residual if fuse_residual else None)
-        else:
-            top, left = args
-            fn = depthwise.depthwise_conv if self.kind == "depthwise" else conv.conv2d
-            fn(ins[0], self.weight, self.bias, self.stride, self.dilation, top, left, act, out)
-        if not fused:
-            act_mod.activation(out, self.act)          # rare activations: a separate pass
+            k = x.shape[-1]
+            return pointwise.gemm_op(x.off, math.prod(x.shape) // k, k, self.w_off, self.b_off,
+                                     self.cout, act, out.off, r_off, threads)
+        top, left = args
+        if self.kind == "depthwise":
+            return depthwise.separable_op(x.off, x.shape, out.off, out.shape,
+                                          (self.weight, self.w_off, self.b_off, act),
+                                          stride=self.stride, dilation=self.dilation,
+                                          pad_top=top, pad_left=left, threads=threads)
+        return conv.conv_op(x.off, x.shape, out.off, out.shape, self.weight, self.w_off,
+                            self.b_off, self.stride, self.dilation, top, left, act, threads)
+
+    def steps(self, ins, out, args, scratch, threads):
+        residual = ins[1] if len(ins) > 1 else None
+        fuse_residual = residual is not None and self.kind == "pointwise" and \
+            self.fused_act() == self.act                      # out = act(conv) + residual
+        steps = [self.kernel_op(ins[0], out, args, threads,
+                                residual.off if fuse_residual else None)]
+        if self.fused_act() != self.act:                      # rare activations: own pass
+            steps.append(act_mod.activation_op(out.off, math.prod(out.shape), self.act, threads))
         if residual is not None and not fuse_residual:
-            out += residual
+            steps.append(lambda A: np.add(view(A, out), view(A, residual), out=view(A, out)))
+        return steps
+
+
+class FusedSeparable(Node):
+    """[1x1 expand ->] depthwise kxk -> 1x1 reduce [+ input], as one kernel op.
+
+    Made by :func:`fuse_separable` from three (or two) Conv nodes.  The fused op
+    (``kernels.depthwise.separable_op``) splits the output rows between parallel jobs;
+    each job re-expands the few input rows it shares with a neighbour.  Where that
+    recomputation would cost more than MAX_EXTRA (small maps on several threads),
+    the three convs run one after the other on scratch buffers instead.
+    """
+
+    MAX_EXTRA = 0.15   # largest fraction of input rows expanded twice that fusion may cost
+
+    def __init__(self, expand, dw, reduce, residual):
+        x = expand.inputs[0] if expand is not None else dw.inputs[0]
+        inputs = [x] + ([reduce.inputs[1]] if residual else [])
+        super().__init__(" + ".join(n.name for n in (expand, dw, reduce) if n is not None),
+                         inputs, reduce.output)
+        self.expand, self.dw, self.reduce, self.residual = expand, dw, reduce, residual
+        self.parts = [c for c in (expand, dw, reduce) if c is not None]
+
+    def _shapes(self, x_shape):
+        e = self.expand.infer([x_shape])[0] if self.expand is not None else x_shape
+        d, pads = self.dw.infer([e])
+        return e, d, pads
+
+    def infer(self, shapes):
+        _, d, pads = self._shapes(shapes[0])
+        return self.reduce.infer([d])[0], pads
+
+    def fused(self, x_shape, out_shape, args, threads):
+        """Fuse unless jobs would expand more than MAX_EXTRA of the input rows twice."""
+        n, h, _, _ = x_shape
+        ho = out_shape[1]
+        rows = depthwise.plan_row_jobs(n, ho, threads)
+        s, d, top = self.dw.stride, self.dw.dilation, args[0]
+        produced = 0
+        for i_lo in range(0, ho, rows):                  # input rows each job produces
+            i_hi = min(ho, i_lo + rows)
+            produced += (min(h - 1, (i_hi - 1) * s - top + (self.dw.k - 1) * d)
+                         - max(0, i_lo * s - top) + 1)
+        return produced <= (1 + self.MAX_EXTRA) * min(h, ho * s + (self.dw.k - 1) * d)
+
+    def scratch_size(self, in_shapes, out_shape, args, threads):
+        if self.fused(in_shapes[0], out_shape, args, threads):
+            return 0
+        e, d, _ = self._shapes(in_shapes[0])
+        return (math.prod(e) if self.expand is not None else 0) + math.prod(d)
+
+    def steps(self, ins, out, args, scratch, threads):
+        x = ins[0]
+        if self.fused(x.shape, out.shape, args, threads):
+            top, left = args
+
+            def conv_args(c):
+                return None if c is None else (c.weight, c.w_off, c.b_off, c.act)
+            return [depthwise.separable_op(
+                x.off, x.shape, out.off, out.shape, conv_args(self.dw), conv_args(self.expand),
+                conv_args(self.reduce), x.off if self.residual else None, self.dw.stride,
+                self.dw.dilation, top, left, threads)]
+        e_shape, d_shape, pads = self._shapes(x.shape)           # unfused, on scratch
+        e = Tensor(scratch.off, e_shape) if self.expand is not None else x
+        d = Tensor(scratch.off + (math.prod(e_shape) if self.expand is not None else 0), d_shape)
+        ops = [self.expand.kernel_op(x, e, None, threads)] if self.expand is not None else []
+        ops.append(self.dw.kernel_op(e, d, pads, threads))
+        ops.append(self.reduce.kernel_op(d, out, None, threads,
+                                         ins[1].off if self.residual else None))
+        return ops
+
+
+def fuse_separable(nodes, keep):
+    """Replace [pointwise ->] depthwise -> pointwise chains by FusedSeparable nodes.
+
+    A chain fuses when each intermediate tensor is read only by the next node and is not a
+    model output, the activations are fusable, and a residual (if any) is the chain's input.
+    """
+    readers = collections.Counter(name for node in nodes for name in node.inputs)
+    keep = set(keep)
+
+    def plain(node, kind):        # a conv of this kind, no residual, activation in the kernel
+        return (isinstance(node, Conv) and node.kind == kind and len(node.inputs) == 1
+                and node.fused_act() == node.act)
+
+    def feeds(node, nxt):         # node's output goes to nxt only
+        return (readers[node.output] == 1 and node.output not in keep
+                and nxt.inputs[0] == node.output)
+
+    def separable(dw, reduce, x):
+        return (plain(dw, "depthwise") and isinstance(reduce, Conv) and feeds(dw, reduce)
+                and reduce.kind == "pointwise" and reduce.fused_act() == reduce.act
+                and reduce.inputs[1:] in ((), (x,)))
+
+    out, i = [], 0
+    while i < len(nodes):
+        a, b, c = (nodes + [None, None])[i:i + 3]
+        if (c is not None and plain(a, "pointwise") and feeds(a, b)
+                and separable(b, c, a.inputs[0])):
+            out.append(FusedSeparable(a, b, c, len(c.inputs) == 2))       # expand, dw, reduce
+            i += 3
+        elif b is not None and separable(a, b, a.inputs[0]):
+            out.append(FusedSeparable(None, a, b, len(b.inputs) == 2))    # dw, reduce
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
 
 
 class GlobalAvgPool(Node):
@@ -126,8 +289,8 @@ class GlobalAvgPool(Node):
         n, _, _, c = shapes[0]
         return (n, c), None
 
-    def run(self, ins, out, args, scratch):
-        pooling.global_avg_pool(ins[0], out)
+    def steps(self, ins, out, args, scratch, threads):
+        return [pooling.pool_op(ins[0].off, ins[0].shape, out.off)]
 
 
 class Broadcast(Node):
@@ -141,8 +304,10 @@ class Broadcast(Node):
         (n, c), (_, h, w, _) = shapes
         return (n, h, w, c), None
 
-    def run(self, ins, out, args, scratch):
-        out[...] = ins[0][:, None, None, :]
+    def steps(self, ins, out, args, scratch, threads):
+        def run(A):
+            view(A, out)[...] = view(A, ins[0])[:, None, None, :]
+        return [run]
 
 
 class Concat(Node):
@@ -151,11 +316,13 @@ class Concat(Node):
     def infer(self, shapes):
         return shapes[0][:-1] + (sum(s[-1] for s in shapes),), None
 
-    def run(self, ins, out, args, scratch):
-        c = 0
-        for x in ins:
-            out[..., c:c + x.shape[-1]] = x
-            c += x.shape[-1]
+    def steps(self, ins, out, args, scratch, threads):
+        def run(A):
+            y, c = view(A, out), 0
+            for t in ins:
+                y[..., c:c + t.shape[-1]] = view(A, t)
+                c += t.shape[-1]
+        return [run]
 
 
 class Unfold(Node):
@@ -182,16 +349,18 @@ class Unfold(Node):
         resized = None if (nh * p, nw * p) == (h, w) else (n, nh * p, nw * p, c)
         return (n, p * p, nh * nw, c), (nh, nw, resized)
 
-    def scratch_shape(self, args):
-        return args[2]
+    def scratch_size(self, in_shapes, out_shape, args, threads):
+        return math.prod(args[2]) if args[2] else 0
 
-    def run(self, ins, out, args, scratch):
+    def steps(self, ins, out, args, scratch, threads):
         nh, nw, resized = args
         x = ins[0]
-        if resized is not None:
-            resize.resize_bilinear(x, scratch, align_corners=False)
-            x = scratch
-        patches.unfold_patches(x, self.p, nh, nw, out)
+        steps = []
+        if resized is not None:                   # odd map (MobileViT): resize it first
+            x = Tensor(scratch.off, resized)
+            steps.append(lambda A: resize.resize_bilinear(view(A, ins[0]), view(A, x),
+                                                          align_corners=False, threads=threads))
+        return steps + [patches.patch_op("unfold", x.off, x.shape, self.p, nh, nw, out.off)]
 
 
 class Fold(Node):
@@ -214,34 +383,40 @@ class Fold(Node):
         resized = None if (nh * p, nw * p) == (h, w) else (n, nh * p, nw * p, c)
         return (n, h, w, c), (nh, nw, resized)
 
-    def scratch_shape(self, args):
-        return args[2]
+    def scratch_size(self, in_shapes, out_shape, args, threads):
+        return math.prod(args[2]) if args[2] else 0
 
-    def run(self, ins, out, args, scratch):
+    def steps(self, ins, out, args, scratch, threads):
         nh, nw, resized = args
         if resized is None:
-            patches.fold_patches(ins[0], self.p, nh, nw, out)
-        else:
-            patches.fold_patches(ins[0], self.p, nh, nw, scratch)
-            resize.resize_bilinear(scratch, out, align_corners=False)
+            return [patches.patch_op("fold", ins[0].off, out.shape, self.p, nh, nw, out.off)]
+        tmp = Tensor(scratch.off, resized)
+        return [patches.patch_op("fold", ins[0].off, tmp.shape, self.p, nh, nw, tmp.off),
+                lambda A: resize.resize_bilinear(view(A, tmp), view(A, out), align_corners=False,
+                                                 threads=threads)]
 
 
 class Norm(Node):
     """A normalisation with per-channel affine parameters; shape-preserving.
 
-    kernel: ``norm.group_norm1`` (one group over all of a sample's values, MobileViTV2)
-    or ``norm.layer_norm`` (over the channel axis, per token, MobileViT).
+    make_op: ``norm.group_norm_op`` (one group over all of a sample's values,
+    MobileViTV2) or ``norm.layer_norm_op`` (over the channel axis, per token, MobileViT).
     """
 
-    def __init__(self, name, inputs, output, kernel, gamma, beta, eps):
+    def __init__(self, name, inputs, output, make_op, gamma, beta, eps):
         super().__init__(name, inputs, output)
-        self.kernel, self.gamma, self.beta, self.eps = kernel, gamma, beta, float(eps)
+        self.make_op, self.eps = make_op, float(eps)
+        self.params = [np.ascontiguousarray(a, np.float32) for a in (gamma, beta)]
+
+    def place(self, arena):
+        self.offsets = [arena.add(a) for a in self.params] + [
+            arena.add(np.array([self.eps], np.float32))]
 
     def infer(self, shapes):
         return shapes[0], None
 
-    def run(self, ins, out, args, scratch):
-        self.kernel(ins[0], self.gamma, self.beta, self.eps, out)
+    def steps(self, ins, out, args, scratch, threads):
+        return [self.make_op(ins[0].off, ins[0].shape, out.off, *self.offsets, threads)]
 
 
 class SeparableAttention(Node):
@@ -251,8 +426,8 @@ class SeparableAttention(Node):
         s = shapes[0]
         return s[:-1] + ((s[-1] - 1) // 2,), None
 
-    def run(self, ins, out, args, scratch):
-        attention_separable.separable_attention(ins[0], out)
+    def steps(self, ins, out, args, scratch, threads):
+        return [attention_separable.separable_attention_op(ins[0].off, ins[0].shape, out.off)]
 
 
 class MultiHeadAttention(Node):
@@ -266,63 +441,92 @@ class MultiHeadAttention(Node):
         s = shapes[0]
         return s[:-1] + (s[-1] // 3,), None
 
-    def run(self, ins, out, args, scratch):
+    def steps(self, ins, out, args, scratch, threads):
         n, p, t, c3 = ins[0].shape
-        attention_mha.multi_head_attention(ins[0].reshape(n * p, t, c3), self.num_heads,
-                                           out.reshape(n * p, t, c3 // 3))
+        return [attention_mha.mha_op(ins[0].off, (n * p, t, c3), self.num_heads, out.off)]
 
 
 # ----------------------------------------------------------------------------------------
 # Graph, plan and runner
 # ----------------------------------------------------------------------------------------
 class Plan:
-    """Shapes, static per-node arguments and buffer views for one input shape."""
+    """Everything fixed for one input shape and thread count: each tensor's place in the
+    activation arena ``A``, and the program of kernel ops (with the rare NumPy steps)."""
 
-    def __init__(self, graph, input_shape, keep):
-        shapes, self.args = graph.infer(input_shape)
-        scratch_shapes = [node.scratch_shape(args) if hasattr(node, "scratch_shape") else None
-                          for node, args in zip(graph.nodes, self.args)]
-
-        # Liveness: a tensor's buffer returns to the free list after its last reader ran.
+    def __init__(self, graph, input_shape, keep, threads):
+        self.threads = threads
+        shapes, args = graph.infer(input_shape)
+        # Liveness: a tensor's place is free again after its last reader ran.
         last_use = {}
         for idx, node in enumerate(graph.nodes):
             for name in node.inputs:
                 last_use[name] = idx
         keep = set(keep)
-        free, self.views, self.scratch = [], {}, []
+        free, self.size = [], 0                 # free places: [offset, size]
 
-        def take(shape):
-            size = max(1, int(np.prod(shape)))
-            fits = [i for i, b in enumerate(free) if b.size >= size]
+        def take(size):
+            size = -(-max(size, 1) // program.ALIGN) * program.ALIGN
+            fits = [i for i, (_, n) in enumerate(free) if n >= size]
             if fits:
-                buf = free.pop(min(fits, key=lambda i: free[i].size))  # best fit
-            else:
-                buf = np.empty(size, np.float32)
-            return buf
+                return free.pop(min(fits, key=lambda i: free[i][1]))   # best fit
+            self.size += size
+            return [self.size - size, size]
 
+        self.tensors = {graph.input: Tensor(take(math.prod(input_shape))[0], tuple(input_shape))}
         owner = {}
-        for idx, node in enumerate(graph.nodes):
-            buf = take(shapes[node.output])
-            owner[node.output] = buf
-            self.views[node.output] = buf[:int(np.prod(shapes[node.output]))].reshape(
-                shapes[node.output])
-            sbuf = None
-            if scratch_shapes[idx] is not None:
-                sbuf = take(scratch_shapes[idx])
-                self.scratch.append(sbuf[:int(np.prod(scratch_shapes[idx]))].reshape(
-                    scratch_shapes[idx]))
-                free.append(sbuf)
-            else:
-                self.scratch.append(None)
+        ops, self.node_steps = [], []    # per node: its steps, ("ops", first, last) or NumPy
+        for idx, (node, node_args) in enumerate(zip(graph.nodes, args)):
+            shape = shapes[node.output]
+            owner[node.output] = take(math.prod(shape))
+            out = self.tensors[node.output] = Tensor(owner[node.output][0], shape)
+            ins = [self.tensors[name] for name in node.inputs]
+            n_scratch = node.scratch_size([t.shape for t in ins], shape, node_args, threads)
+            scratch = None
+            if n_scratch:
+                place = take(n_scratch)
+                scratch = Tensor(place[0], (n_scratch,))
+                free.append(place)                     # free again after this node
+            steps = []
+            for step in node.steps(ins, out, node_args, scratch, threads):
+                if isinstance(step, program.Op):
+                    ops.append(step)
+                    step = ("ops", len(ops) - 1, len(ops))
+                steps.append(step)
+            self.node_steps.append((node, _merged(steps)))
             dead = {name for name in node.inputs if last_use[name] == idx}
             if node.output not in last_use:
                 dead.add(node.output)       # produced for nobody (e.g. unrequested hidden state)
             for name in dead - keep - {graph.input}:
                 free.append(owner[name])
+        self.program = program.table(ops)
+        self.jobs = program.job_addresses(ops)
+        self.steps = _merged([s for _, steps in self.node_steps for s in steps])
+        self.arena = np.empty(self.size, np.float32)
+
+    def run(self, W, steps):
+        """Run ``steps``: program segments on the arenas, NumPy steps on the arena."""
+        for step in steps:
+            if isinstance(step, tuple):
+                program.run_program(self.arena, W, self.program, self.jobs, step[1], step[2],
+                                    self.threads)
+            else:
+                step(self.arena)
+
+
+def _merged(steps):
+    """Consecutive program segments joined into one (one call into compiled code)."""
+    out = []
+    for step in steps:
+        if isinstance(step, tuple) and out and isinstance(out[-1], tuple) and \
+                out[-1][2] == step[1]:
+            out[-1] = ("ops", out[-1][1], step[2])
+        else:
+            out.append(step)
+    return out
 
 
 class Graph:
-    """A list of nodes plus the names of the tensors a model returns.
+    """A list of nodes, the weight arena and the names of the tensors a model returns.
 
     ``outputs`` maps 'logits', 'pooler_output', 'last_hidden_state' to tensor names
     (or None) and 'hidden_states' to a list of names.
@@ -332,6 +536,14 @@ class Graph:
 
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
+        arena = program.Arena()
+        for node in nodes:
+            for part in getattr(node, "parts", (node,)):
+                part.place(arena)
+        self.weights = arena.build()
+        for node in nodes:
+            for part in getattr(node, "parts", (node,)):
+                part.attach(self.weights)
         self._pool, self._lock = collections.OrderedDict(), threading.Lock()
 
     def _kept(self, with_hidden):
@@ -354,13 +566,13 @@ class Graph:
         """Every tensor's shape for ``input_shape`` (N, C, H, W); raises InputTooSmall."""
         return self.infer(input_shape)[0]
 
-    def _acquire(self, shape, with_hidden):
-        key = (tuple(shape), bool(with_hidden))
+    def _acquire(self, shape, with_hidden, threads):
+        key = (tuple(shape), bool(with_hidden), threads)
         with self._lock:
             free = self._pool.setdefault(key, [])
             if free:
                 return key, free.pop()
-        return key, Plan(self, shape, self._kept(with_hidden))
+        return key, Plan(self, shape, self._kept(with_hidden), threads)
 
     def _release(self, key, plan):
         with self._lock:
@@ -369,23 +581,24 @@ class Graph:
             while len(self._pool) > self.MAX_CACHED_SHAPES:  # e.g. segment() on photos of
                 self._pool.popitem(last=False)               # many sizes: bound the memory
 
-    def run(self, x, with_hidden=False, timings=None):
+    def run(self, x, with_hidden=False, threads=None, timings=None):
         """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
 
-        If ``timings`` is a list, (node, seconds) pairs are appended to it (profiling).
+        ``threads``: worker threads (default: every core).  If ``timings`` is a list,
+        (node, seconds) pairs are appended to it (profiling).
         """
-        key, plan = self._acquire(x.shape, with_hidden)
+        key, plan = self._acquire(x.shape, with_hidden, threads or workers.default_threads())
         try:
-            views = plan.views
-            for node, args, scratch in zip(self.nodes, plan.args, plan.scratch):
-                ins = [x if name == self.input else views[name] for name in node.inputs]
-                if timings is None:
-                    node.run(ins, views[node.output], args, scratch)
-                else:
+            view(plan.arena, plan.tensors[self.input])[...] = x
+            if timings is None:
+                plan.run(self.weights, plan.steps)
+            else:
+                for node, steps in plan.node_steps:
                     t0 = time.perf_counter()
-                    node.run(ins, views[node.output], args, scratch)
+                    plan.run(self.weights, steps)
                     timings.append((node, time.perf_counter() - t0))
-            return {name: views[name].copy() for name in self._kept(with_hidden)}
+            return {name: view(plan.arena, plan.tensors[name]).copy()
+                    for name in self._kept(with_hidden)}
         finally:
             self._release(key, plan)
 
@@ -485,19 +698,19 @@ class GraphBuilder:
         return self._add(Fold(name, [tokens, like], self._new(name), p, mode),
                          self.channels[tokens])
 
-    def _norm(self, x, prefix, eps, kernel):
+    def _norm(self, x, prefix, eps, make_op):
         c = self.channels[x]
         g = self.store.get(f"{prefix}.weight", (c,))
         b = self.store.get(f"{prefix}.bias", (c,))
-        return self._add(Norm(prefix, [x], self._new(prefix), kernel, g, b, eps), c)
+        return self._add(Norm(prefix, [x], self._new(prefix), make_op, g, b, eps), c)
 
     def group_norm(self, x, prefix, eps):
         """GroupNorm(1, C) ``<prefix>.weight/.bias`` (MobileViTV2's "layernorm")."""
-        return self._norm(x, prefix, eps, norm.group_norm1)
+        return self._norm(x, prefix, eps, norm.group_norm_op)
 
     def layer_norm(self, x, prefix, eps):
         """nn.LayerNorm(C) ``<prefix>.weight/.bias``, per token (MobileViT)."""
-        return self._norm(x, prefix, eps, norm.layer_norm)
+        return self._norm(x, prefix, eps, norm.layer_norm_op)
 
     def separable_attention(self, qkv, prefix):
         d = (self.channels[qkv] - 1) // 2
@@ -509,4 +722,6 @@ class GraphBuilder:
 
     def build(self, outputs):
         self.store.check_all_used()
-        return Graph(self.nodes, self.input, outputs)
+        names = [v for k, v in outputs.items() if k != "hidden_states" and v]
+        nodes = fuse_separable(self.nodes, names + list(outputs["hidden_states"]))
+        return Graph(nodes, self.input, outputs)

@@ -1,0 +1,201 @@
+"""tinymvit's own worker threads: how a program's jobs are shared between cores.
+
+A kernel that runs on several cores is an ordinary Numba function compiled with
+``nogil=True`` and called at the same time from several threads -- the calling
+thread and ``threads - 1`` pool threads -- each with its own ``worker`` number.
+The workers share the jobs of a loop by taking the next free job index from a
+counter they increment atomically (:func:`next_job`), so a slow job never leaves
+the other cores idle, and they meet at a :func:`barrier` where later work needs
+everything before it done::
+
+    while True:                              # in every worker
+        j = next_job(sync, slot)
+        if j >= n_jobs:
+            break
+        ... job j ...
+    barrier(sync, 1, n_workers)              # all jobs done, in every worker
+
+No OpenMP or TBB is involved: a forked child simply starts new pool threads (no
+hang after ``fork``), and Numba compiles plain serial functions (a parallel
+``prange`` kernel costs several seconds of compilation each).  A pool thread
+waits on a semaphore between calls, so it uses no CPU while the model is idle;
+at a barrier it spins briefly (it is only ever waiting for another core), then
+yields.  One model call uses the pool at a time; a concurrent call from another
+thread runs on its own thread instead of waiting (calls never block each other).
+"""
+import os
+import threading
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .policy import helper
+
+
+# ---------------------------------------------------------------- atomics
+@intrinsic
+def atomic_add(typingctx, arr, idx, value):
+    """arr[idx] += value atomically (sequentially consistent); returns the old value."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+            and isinstance(idx, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+    return types.int64(arr, idx, value), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, arr, idx):
+    """arr[idx], read atomically with acquire order (sees what others wrote before their add)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+            and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """A spin-wait hint (x86 ``pause``; nothing elsewhere)."""
+    def codegen(context, builder, sig, args):
+        if "x86" in builder.module.triple or "i686" in builder.module.triple:
+            fn = builder.module.globals.get("llvm.x86.sse2.pause")
+            if fn is None:
+                fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                 name="llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def yield_cpu(typingctx):
+    """Give the core to another runnable thread (POSIX ``sched_yield``)."""
+    def codegen(context, builder, sig, args):
+        if os.name == "posix":
+            fn = builder.module.globals.get("sched_yield")
+            if fn is None:
+                fn = ir.Function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                 name="sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+SPINS = 20000       # pause instructions (~100 us) before a waiting worker starts yielding
+
+
+@helper
+def next_job(sync, slot):
+    """The next unclaimed job index of the counter sync[slot]."""
+    return atomic_add(sync, slot, 1)
+
+
+@helper
+def barrier(sync, k, n_workers):
+    """Wait until every worker has arrived at its k-th barrier (k = 1, 2, ...).
+
+    sync[0] counts arrivals; writes made before a worker's arrival are visible to all
+    workers after it (the add is sequentially consistent, the loads acquire)."""
+    atomic_add(sync, 0, 1)
+    target = k * n_workers
+    spins = 0
+    while atomic_load(sync, 0) < target:
+        if spins < SPINS:
+            cpu_relax()
+            spins += 1
+        else:
+            yield_cpu()
+
+
+# ---------------------------------------------------------------- the pool
+def default_threads():
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Pool:
+    """Threads that run ``fn(*args, sync, worker, n_workers)`` beside the calling thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._threads, self._pid = [], os.getpid()
+
+    def _reset_after_fork(self):
+        self._lock = threading.Lock()
+        self._threads, self._pid = [], os.getpid()
+
+    def _ensure(self, n):
+        while len(self._threads) < n:
+            worker = _Worker(len(self._threads) + 1)
+            self._threads.append(worker)
+
+    def run(self, fn, args, n_workers, sync_slots):
+        """Run ``fn`` on ``n_workers`` threads (this one is worker 0) and wait for all.
+
+        ``sync_slots``: int64 counters the workers share (zeroed here).  If the pool is
+        busy (another thread's call) or ``n_workers`` is 1, this thread runs alone.
+        """
+        if os.getpid() != self._pid:             # a forked child: the threads are gone
+            self._reset_after_fork()
+        sync = np.zeros(sync_slots, np.int64)
+        if n_workers <= 1 or not self._lock.acquire(blocking=False):
+            fn(*args, sync, 0, 1)
+            return
+        try:
+            self._ensure(n_workers - 1)
+            helpers = self._threads[:n_workers - 1]
+            for w in helpers:
+                w.submit(fn, args, sync, n_workers)
+            fn(*args, sync, 0, n_workers)
+            errors = [w.wait() for w in helpers]
+        finally:
+            self._lock.release()
+        for e in errors:
+            if e is not None:
+                raise e
+
+
+class _Worker:
+    def __init__(self, number):
+        self.number = number
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._task, self._error = None, None
+        threading.Thread(target=self._loop, name=f"tinymvit-worker-{number}",
+                         daemon=True).start()
+
+    def submit(self, fn, args, sync, n_workers):
+        self._task = (fn, args, sync, n_workers)
+        self._go.release()
+
+    def wait(self):
+        self._done.acquire()
+        return self._error
+
+    def _loop(self):
+        while True:
+            self._go.acquire()
+            fn, args, sync, n_workers = self._task
+            self._task = None
+            try:
+                self._error = None
+                fn(*args, sync, self.number, n_workers)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self._error = exc
+            self._done.release()
+
+
+POOL = Pool()
