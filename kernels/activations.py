@@ -162,7 +162,7 @@ ACTIVATION_FIELDS = ("x_off", "count", "act", "per_job")
 
 
 @job
-def activation_job(pa, a_size, pw, w_size, pp, j):
+def activation_job(pa, a_size, pw, w_size, pp, j, worker):
     """Floats j*per_job ... of the op's range: x = act(x), in place."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, count, act, per = p[2], p[3], p[4], p[5]

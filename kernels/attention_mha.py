@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from .activations import exp_f32
-from .policy import arenas, check, check_array, helper, job
+from .policy import arenas, check, check_array, helper, job, scratch
 
 QUERY_BLOCK = 64  # queries per parallel job (the K/V transpose is amortised over them)
 _QR = 4           # queries computed together in the inner loops
@@ -31,7 +31,7 @@ MHA_FIELDS = ("x_off", "S", "N", "h", "heads", "o_off")
 
 
 @job
-def mha_job(pa, a_size, pw, w_size, pp, job):
+def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     """Job = (sequence s, head j, block of QUERY_BLOCK queries)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, n_seq, N, h, num_heads, o_off = p[2], p[3], p[4], p[5], p[6], p[7]
@@ -46,75 +46,78 @@ def mha_job(pa, a_size, pw, w_size, pp, job):
     k_off = h + j * hd
     v_off = 2 * h + j * hd
 
-    # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed
-    kt = np.empty((hd, N), np.float32)  # (hd, N)
-    vt = np.empty((hd, N), np.float32)  # (hd, N)
+    # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed, in scratch space:
+    # kt = A[kt:] (hd, N), vt = A[vt:] (hd, N), scores A[sc:] (4, N)
+    kt = scratch(p, worker)
+    vt = kt + hd * N
+    sc = vt + hd * N
     for t in range(hd):  # t outer: contiguous writes (rows of kt are 4N bytes apart)
         for m in range(N):
-            kt[t, m] = A[x_off + (s * N + m) * 3 * h + k_off + t] * scale
-            vt[t, m] = A[x_off + (s * N + m) * 3 * h + v_off + t]
+            row = x_off + (s * N + m) * 3 * h
+            A[kt + t * N + m] = A[row + k_off + t] * scale
+            A[vt + t * N + m] = A[row + v_off + t]
 
     # Queries go 4 at a time: every key/value element loaded from kt/vt feeds 4 FMAs
     # (one per query) instead of 1, which is what limits this loop (kt, vt sit in L2).
-    sc = np.empty((_QR, N), np.float32)  # (4, N) scores, then exp(scores - max)
     for ib in range(i0, i1, _QR):
-        qi0 = ib                         # query rows; past the block end, repeat the last
-        qi1 = min(ib + 1, i1 - 1)        # one (computed, never stored)
-        qi2 = min(ib + 2, i1 - 1)
-        qi3 = min(ib + 3, i1 - 1)
-        s0, s1, s2, s3 = sc[0], sc[1], sc[2], sc[3]
+        q0 = x_off + (s * N + ib) * 3 * h + q_off   # query rows; past the block end, repeat
+        q1 = x_off + (s * N + min(ib + 1, i1 - 1)) * 3 * h + q_off   # the last one (computed,
+        q2 = x_off + (s * N + min(ib + 2, i1 - 1)) * 3 * h + q_off   # never stored)
+        q3 = x_off + (s * N + min(ib + 3, i1 - 1)) * 3 * h + q_off
+        s0, s1, s2, s3 = sc, sc + N, sc + 2 * N, sc + 3 * N
         for m in range(N):
-            s0[m] = 0.0
-            s1[m] = 0.0
-            s2[m] = 0.0
-            s3[m] = 0.0
+            A[s0 + m] = 0.0
+            A[s1 + m] = 0.0
+            A[s2 + m] = 0.0
+            A[s3 + m] = 0.0
         for t in range(hd):              # scores[r, m] = q_r . k_m / sqrt(hd)
-            a0 = A[x_off + (s * N + qi0) * 3 * h + q_off + t]
-            a1 = A[x_off + (s * N + qi1) * 3 * h + q_off + t]
-            a2 = A[x_off + (s * N + qi2) * 3 * h + q_off + t]
-            a3 = A[x_off + (s * N + qi3) * 3 * h + q_off + t]
-            krow = kt[t]
+            a0 = A[q0 + t]
+            a1 = A[q1 + t]
+            a2 = A[q2 + t]
+            a3 = A[q3 + t]
+            krow = kt + t * N
             for m in range(N):
-                k = krow[m]
-                s0[m] += a0 * k
-                s1[m] += a1 * k
-                s2[m] += a2 * k
-                s3[m] += a3 * k
-        inv0 = _softmax_numerator_inplace(s0)
-        inv1 = _softmax_numerator_inplace(s1)
-        inv2 = _softmax_numerator_inplace(s2)
-        inv3 = _softmax_numerator_inplace(s3)
+                k = A[krow + m]
+                A[s0 + m] += a0 * k
+                A[s1 + m] += a1 * k
+                A[s2 + m] += a2 * k
+                A[s3 + m] += a3 * k
+        inv0 = _softmax_numerator_inplace(A, s0, N)
+        inv1 = _softmax_numerator_inplace(A, s1, N)
+        inv2 = _softmax_numerator_inplace(A, s2, N)
+        inv3 = _softmax_numerator_inplace(A, s3, N)
         for t in range(hd):              # y_r = sum_m softmax_r[m] * v_m
-            vrow = vt[t]
+            vrow = vt + t * N
             c0 = np.float32(0.0)
             c1 = np.float32(0.0)
             c2 = np.float32(0.0)
             c3 = np.float32(0.0)
             for m in range(N):
-                v = vrow[m]
-                c0 += s0[m] * v
-                c1 += s1[m] * v
-                c2 += s2[m] * v
-                c3 += s3[m] * v
-            A[o_off + (s * N + qi0) * h + q_off + t] = c0 * inv0
+                v = A[vrow + m]
+                c0 += A[s0 + m] * v
+                c1 += A[s1 + m] * v
+                c2 += A[s2 + m] * v
+                c3 += A[s3 + m] * v
+            out = o_off + (s * N + ib) * h + q_off + t
+            A[out] = c0 * inv0
             if ib + 1 < i1:
-                A[o_off + (s * N + qi1) * h + q_off + t] = c1 * inv1
+                A[out + h] = c1 * inv1
             if ib + 2 < i1:
-                A[o_off + (s * N + qi2) * h + q_off + t] = c2 * inv2
+                A[out + 2 * h] = c2 * inv2
             if ib + 3 < i1:
-                A[o_off + (s * N + qi3) * h + q_off + t] = c3 * inv3
+                A[out + 3 * h] = c3 * inv3
 
 
 @helper
-def _softmax_numerator_inplace(row):
-    """row <- exp(row - max(row)); returns 1 / sum (the sum accumulated in float64)."""
-    rmax = row[0]
-    for m in range(1, row.shape[0]):
-        rmax = max(rmax, row[m])
+def _softmax_numerator_inplace(A, row, n):
+    """A[row : row + n] <- exp(x - max x); returns 1 / sum (the sum accumulated in float64)."""
+    rmax = A[row]
+    for m in range(row + 1, row + n):
+        rmax = max(rmax, A[m])
     total = 0.0
-    for m in range(row.shape[0]):
-        e = exp_f32(row[m] - rmax)   # vectorised, no libm call
-        row[m] = e
+    for m in range(row, row + n):
+        e = exp_f32(A[m] - rmax)   # vectorised, no libm call
+        A[m] = e
         total += np.float64(e)
     return np.float32(1.0 / total)
 
@@ -128,7 +131,8 @@ def mha_op(x_off, qkv_shape, num_heads, o_off):
     check(isinstance(num_heads, (int, np.integer)) and num_heads >= 1 and h % num_heads == 0,
           f"{num_heads} heads do not divide h={h}")
     from .program import Op
-    return Op("mha", S * num_heads * -(-N // QUERY_BLOCK), (x_off, S, N, h, num_heads, o_off))
+    return Op("mha", S * num_heads * -(-N // QUERY_BLOCK), (x_off, S, N, h, num_heads, o_off),
+              scratch=(2 * (h // num_heads) + _QR) * N)
 
 
 def multi_head_attention(qkv, num_heads, out):

@@ -16,15 +16,19 @@ import math
 
 import numpy as np
 
-from .policy import arenas, check, check_array, helper, job
+from .policy import arenas, check, check_array, job, scratch
+from .simd import stack_buffer_f64
 
 # fields of a "separable_attention" op row, after [code, jobs]: qkv (R, N, 1 + 2d) at x_off,
 # out (R, N, d) at o_off; R = B*P independent groups, one per job
 SEPARABLE_ATTENTION_FIELDS = ("x_off", "R", "N", "d", "o_off")
 
 
+CHUNK = 64   # context-vector channels accumulated together (in float64 registers)
+
+
 @job
-def separable_attention_job(pa, a_size, pw, w_size, pp, r):
+def separable_attention_job(pa, a_size, pw, w_size, pp, r, worker):
     """Group r: softmax of its query channel over the N patches, the context vector, and
     out = relu(V) * cv.  The softmax sum and the context vector accumulate in float64."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
@@ -32,25 +36,30 @@ def separable_attention_job(pa, a_size, pw, w_size, pp, r):
     width = 1 + 2 * d
     x0 = x_off + r * n_tok * width                       # qkv[r, 0, 0]
     o0 = o_off + r * n_tok * d                           # out[r, 0, 0]
+    cv = scratch(p, worker)                              # (d,) context vector: A[cv:]
     qmax = A[x0]
     for n in range(1, n_tok):
         qmax = max(qmax, A[x0 + n * width])
-    acc = np.zeros(d, np.float64)                        # (d,) un-normalised context vector
     denom = 0.0
     for n in range(n_tok):
-        row = x0 + n * width
-        e = math.exp(np.float64(A[row] - qmax))
-        denom += e
-        for c in range(d):
-            acc[c] += e * A[row + 1 + c]
-    cv = np.empty(d, np.float32)                         # (d,) context vector
-    for c in range(d):
-        cv[c] = np.float32(acc[c] / denom)
+        denom += math.exp(np.float64(A[x0 + n * width] - qmax))
+    acc = stack_buffer_f64(CHUNK)                        # un-normalised context, CHUNK channels
+    for c0 in range(0, d, CHUNK):
+        c1 = min(d, c0 + CHUNK)
+        for c in range(c1 - c0):
+            acc[c] = 0.0
+        for n in range(n_tok):
+            row = x0 + n * width
+            e = math.exp(np.float64(A[row] - qmax))
+            for c in range(c0, c1):
+                acc[c - c0] += e * A[row + 1 + c]
+        for c in range(c0, c1):
+            A[cv + c] = np.float32(acc[c - c0] / denom)
     for n in range(n_tok):
         row = x0 + n * width + 1 + d
         out = o0 + n * d
         for c in range(d):
-            A[out + c] = max(A[row + c], np.float32(0.0)) * cv[c]
+            A[out + c] = max(A[row + c], np.float32(0.0)) * A[cv + c]
 
 
 def separable_attention_op(x_off, qkv_shape, o_off):
@@ -59,7 +68,8 @@ def separable_attention_op(x_off, qkv_shape, o_off):
                                                          f"got {qkv_shape}")
     b, pp, n, width = qkv_shape
     from .program import Op
-    return Op("separable_attention", b * pp, (x_off, b * pp, n, (width - 1) // 2, o_off))
+    return Op("separable_attention", b * pp, (x_off, b * pp, n, (width - 1) // 2, o_off),
+              scratch=(width - 1) // 2)
 
 
 def separable_attention(qkv, out):

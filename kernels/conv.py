@@ -27,7 +27,7 @@ from collections import namedtuple
 import numpy as np
 
 from .pointwise import act_reference_f64, check_activation, pack_panels, plan_jobs, store_tile
-from .policy import arenas, check, check_array, helper, job
+from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, zero_floats
 from .workers import default_threads
 
@@ -95,7 +95,8 @@ def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stri
         cols[r*K + (a*kw + b)*cin + c] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, c]
 
     or 0 where that tap falls in the padding (K = kh*kw*cin; x (N, H, W, cin) at
-    A[x_off]); live[r // MR, a*kw + b] is set when the tap reads real input."""
+    A[x_off]; cols = A[cols:], live = A[live:], both in the job's scratch space);
+    A[live + (r // MR)*kh*kw + a*kw + b] = 1 when the tap reads real input."""
     kt = kh * kw * cin
     img = m_lo // (ho * wo)              # pixel (img, i, j) of row 0, then counted up
     i = (m_lo // wo) % ho
@@ -107,13 +108,13 @@ def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stri
         b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
         row = r * kt
         if a_hi - a_lo < kh or b_hi - b_lo < kw:       # near the border: zeros first
-            zero_floats(cols, row, kt)
+            zero_floats(A, cols + row, kt)
         for a in range(a_lo, a_hi):
             ih = ih0 + a * dil
             for b in range(b_lo, b_hi):
                 t = a * kw + b
-                live[r // MR, t] = True
-                copy_floats(cols, row + t * cin, A,
+                A[live + (r // MR) * kh * kw + t] = 1.0
+                copy_floats(A, cols + row + t * cin, A,
                             x_off + ((img * h + ih) * w_in + iw0 + b * dil) * cin, cin)
         j += 1
         if j == wo:
@@ -130,7 +131,7 @@ CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "
 
 
 @job
-def conv_job(pa, a_size, pw, w_size, pp, j):
+def conv_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j of a conv op: mc output pixels x pg panels -- gather their im2col rows into a
     small buffer (zeros in the padding), then run the register tiles over the runs of
     consecutive taps that read real input for the tile."""
@@ -148,8 +149,9 @@ def conv_job(pa, a_size, pw, w_size, pp, j):
     rows = min(mc, m_total - m_lo)
     taps = kh * kw
     kt = taps * cin
-    cols = np.empty(mc * kt, np.float32)               # im2col rows of this chunk, r at r*kt
-    live = np.zeros((mc // MR + 1, taps), np.bool_)    # tap reads real input for the tile?
+    cols = scratch(p, worker)                          # im2col rows of this chunk: A[cols:]
+    live = cols + mc * kt                              # tap t reads input for tile q: A[live:]
+    zero_floats(A, live, (mc // MR + 1) * taps)
     acc = stack_buffer(TILE)
     _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
             pad_l)
@@ -161,14 +163,15 @@ def conv_job(pa, a_size, pw, w_size, pp, j):
             nrows = min(MR, rows - r0)
             started = False
             t = 0
+            flags = live + tile * taps
             while t < taps:                            # runs of live taps
-                if not live[tile, t]:
+                if A[flags + t] == 0.0:
                     t += 1
                     continue
                 t_end = t + 1
-                while t_end < taps and live[tile, t_end]:
+                while t_end < taps and A[flags + t_end] != 0.0:
                     t_end += 1
-                gemm_tile(acc, cols, r0 * kt + t * cin, kt, nrows, W,
+                gemm_tile(acc, A, cols + r0 * kt + t * cin, kt, nrows, W,
                           w_off + (pp * kt + t * cin) * NR, (t_end - t) * cin, started)
                 started = True
                 t = t_end
@@ -216,7 +219,8 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), wp.panels.shape[0], threads)
     from .program import Op
     return Op("conv", jobs, (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off,
-                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg))
+                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg),
+              scratch=mc * kt + (mc // MR + 1) * wp.kh * wp.kw)
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):

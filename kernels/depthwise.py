@@ -41,10 +41,13 @@ from .activations import ACT_NONE, vact
 from .conv import check_bias, check_geometry, check_maps, pad_for_output
 from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, gemm_block,
                         pointwise_reference)
-from .policy import arenas, check, check_array, helper, job
-from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n, vadd, vload, vload_n,
+from .policy import arenas, check, check_array, helper, job, scratch
+from .simd import (DW_PIX, NR, VEC, copy_floats, stack_buffer_i64, zero_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n, vadd, vload, vload_n,
                    vstore, vstore_n)
 from .workers import default_threads
+
+
+MAX_KERNEL = 64    # largest kernel height (tap rows) of a depthwise conv
 
 
 def prepare_depthwise_weight(w):
@@ -115,7 +118,7 @@ def ring_shape(w_in, wo, kw, stride, dil, pad_l, kh):
 
 
 @job
-def separable_job(pa, a_size, pw, w_size, pp, j):
+def separable_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j of a separable op: output rows j*rows_per_job ... of one image, made from a
     ring of produced input rows (see the module docstring)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
@@ -133,10 +136,11 @@ def separable_job(pa, a_size, pw, w_size, pp, j):
 
     n_slots = (kh - 1) * d + s
     row_len = ring_w * ch
-    ring = np.zeros((n_slots + 1) * row_len, np.float32)  # padded input rows; last: zeros
-    zero_off = n_slots * row_len
-    band = np.empty(band_rows * wo * ch if has_reduce else 1, np.float32)
-    offs = np.empty(kh, np.int64)
+    ring = scratch(p, worker)                             # padded input rows; last: zeros
+    zero_floats(A, ring, (n_slots + 1) * row_len)
+    zero_off = ring + n_slots * row_len
+    band = zero_off + row_len                             # depthwise rows for the reduce
+    offs = stack_buffer_i64(MAX_KERNEL)
     x_img = x_off + n * h * w_in * cin
     nxt = max(0, i_lo * s - pad_t)                        # next input row to produce
     pending = 0                                           # depthwise rows waiting in the band
@@ -144,27 +148,27 @@ def separable_job(pa, a_size, pw, w_size, pp, j):
         ih0 = i * s - pad_t
         last = min(h - 1, ih0 + (kh - 1) * d)
         while nxt <= last:                                # produce the rows this one needs
-            r = (nxt % n_slots) * row_len + pad_l * ch
+            r = ring + (nxt % n_slots) * row_len + pad_l * ch
             src = x_img + nxt * w_in * cin
             if has_expand:                                # the 1x1 expand conv of input row nxt
                 gemm_block(A, src, cin, w_in, cin, W, ex_w_off, 0, (ch + NR - 1) // NR,
-                           ex_b_off, ex_act, ch, ring, r, ch, ring, r, False)
+                           ex_b_off, ex_act, ch, A, r, ch, A, r, False)
             else:                                         # a copy of input row nxt
-                copy_floats(ring, r, A, src, w_in * ch)
+                copy_floats(A, r, A, src, w_in * ch)
             nxt += 1
         for a in range(kh):
             ih = ih0 + a * d
-            offs[a] = (ih % n_slots) * row_len if 0 <= ih < h else zero_off
+            offs[a] = ring + (ih % n_slots) * row_len if 0 <= ih < h else zero_off
         if has_reduce == 0:
-            depthwise_row(ring, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
+            depthwise_row(A, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
                           o_off + (n * ho + i) * wo * ch, wo, s, d)
             continue
-        depthwise_row(ring, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, band,
-                      pending * wo * ch, wo, s, d)
+        depthwise_row(A, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
+                      band + pending * wo * ch, wo, s, d)
         pending += 1
         if pending == band_rows or i == i_hi - 1:         # the 1x1 reduce conv of the band
             pix = (n * ho + i - pending + 1) * wo
-            gemm_block(band, 0, ch, pending * wo, ch, W, re_w_off, 0, (cout + NR - 1) // NR,
+            gemm_block(A, band, ch, pending * wo, ch, W, re_w_off, 0, (cout + NR - 1) // NR,
                        re_b_off, re_act, cout, A, o_off + pix * cout, cout, A,
                        r_off + pix * cout, has_res != 0)
             pending = 0
@@ -212,15 +216,18 @@ def separable_op(x_off, x_shape, o_off, out_shape, dw, expand=None, reduce=None,
           "a residual needs a reduce conv, stride 1 and equal shapes")
     _, ho, wo, _ = out_shape
     rows = rows_per_job or plan_row_jobs(n, ho, threads)
-    n_slots, ring_w = ring_shape(w_in, wo, kw, stride, dilation, pad_left, kh)
+    ring_rows, ring_w = ring_shape(w_in, wo, kw, stride, dilation, pad_left, kh)
     band_rows = max(1, min(rows, -(-96 // wo)))             # >= ~96 pixels per reduce product
+    check(kh <= MAX_KERNEL, f"depthwise kernels larger than {MAX_KERNEL} are not supported")
+    ring_floats = ring_rows * ring_w * ch
+    band_floats = band_rows * wo * ch if reduce is not None else 0
     from .program import Op
     return Op("separable", n * -(-ho // rows),
               (x_off, n, h, w_in, cin, expand is not None, ex_w_off, ex_b_off, ex_act, ch,
                dw_w_off, dw_b_off, kh, kw, act, stride, dilation, pad_top, pad_left,
                reduce is not None, re_w_off, re_b_off, re_act, cout,
                o_off if r_off is None else r_off, r_off is not None, o_off, ho, wo, rows,
-               ring_w, band_rows))
+               ring_w, band_rows), scratch=ring_floats + band_floats)
 
 
 # ---------------------------------------------------------------- the standalone calls

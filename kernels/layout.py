@@ -15,7 +15,7 @@ NCHW_TO_NHWC_FIELDS = ("x_off", "N", "C", "H", "W", "o_off")
 
 
 @job
-def nchw_to_nhwc_job(pa, a_size, pw, w_size, pp, job):
+def nchw_to_nhwc_job(pa, a_size, pw, w_size, pp, job, worker):
     """Row i of image n: out[n, i, j, c] = x[n, c, i, j]."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, c, h, w, o_off = p[2], p[4], p[5], p[6], p[7]

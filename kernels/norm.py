@@ -55,7 +55,7 @@ GROUP_NORM_FIELDS = ("x_off", "B", "M", "C", "o_off", "g_off", "b_off", "eps_off
 
 
 @job
-def group_norm_job(pa, a_size, pw, w_size, pp, j):
+def group_norm_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j: the statistics of its whole sample (every job of the sample computes them:
     cheaper than a second parallel pass), then its share of the sample's rows."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
@@ -76,7 +76,7 @@ LAYER_NORM_FIELDS = ("x_off", "R", "C", "o_off", "g_off", "b_off", "eps_off", "r
 
 
 @job
-def layer_norm_job(pa, a_size, pw, w_size, pp, j):
+def layer_norm_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j: rows j*rows_per_job ..., each normalised over its C values."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, n_rows, c, o_off, g_off, b_off, eps_off, per = (p[2], p[3], p[4], p[5], p[6], p[7],
@@ -93,7 +93,8 @@ def group_norm_op(x_off, shape, o_off, g_off, b_off, eps_off, threads=1):
     check(len(shape) >= 2, f"GroupNorm needs a batch axis and channels, got shape {shape}")
     b, c = shape[0], shape[-1]
     m = int(np.prod(shape[1:-1]))
-    parts = max(1, min(m, -(-threads // b)))
+    # in place, a part must not overwrite rows another part is still reading for the stats
+    parts = 1 if o_off == x_off else max(1, min(m, -(-threads // b)))
     from .program import Op
     return Op("group_norm", b * parts, (x_off, b, m, c, o_off, g_off, b_off, eps_off, parts))
 

@@ -27,7 +27,7 @@ PATCH_FIELDS = ("x_off", "B", "H", "W", "C", "p", "nh", "nw", "o_off")
 
 
 @job
-def unfold_job(pa, a_size, pw, w_size, pp, job):
+def unfold_job(pa, a_size, pw, w_size, pp, job, worker):
     """tokens[b, a*p + bb, i*nw + j, :] = x[b, i*p + a, j*p + bb, :] for patch row i."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
     x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
@@ -42,7 +42,7 @@ def unfold_job(pa, a_size, pw, w_size, pp, job):
 
 
 @job
-def fold_job(pa, a_size, pw, w_size, pp, job):
+def fold_job(pa, a_size, pw, w_size, pp, job, worker):
     """Map row y of image b from the tokens; rows/columns no patch covers become 0."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
     x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]

@@ -120,7 +120,7 @@ GEMM_FIELDS = ("a_off", "m", "k", "w_off", "b_off", "n", "act", "o_off", "r_off"
 
 
 @job
-def gemm_job(pa, a_size, pw, w_size, pp, j):
+def gemm_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j of a gemm op: a chunk of mc rows x a group of pg panels."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     a_off, m, k, w_off, b_off, n = p[2], p[3], p[4], p[5], p[6], p[7]

@@ -196,10 +196,10 @@ def helper(fn=None, *, inline=False):
     return wrap if fn is None else wrap(fn)
 
 
-# a job's C signature: (A data, A size, W data, W size, op row data, job index)
+# a job's C signature: (A data, A size, W data, W size, op row data, job index, worker)
 JOB_SIGNATURE = types.void(types.CPointer(types.float32), types.int64,
                            types.CPointer(types.float32), types.int64,
-                           types.CPointer(types.int64), types.int64)
+                           types.CPointer(types.int64), types.int64, types.int64)
 
 
 class Job:
@@ -227,12 +227,15 @@ class Job:
 
 
 def job(fn):
-    """Decorator of a program job ``fn(pa, a_size, pw, w_size, pp, j)``: pointers to and sizes of the
-    arenas A and W, a pointer to the op's row, the job index (see :func:`arenas`)."""
+    """Decorator of a program job ``fn(pa, a_size, pw, w_size, pp, j, worker)``: pointers to
+    and sizes of the arenas A and W, a pointer to the op's row (see :func:`arenas`), the job
+    index and the number of the worker thread running it (see :func:`scratch`)."""
     return Job(fn)
 
 
 OP_FIELDS = 40   # int64 fields per op row: [op code, jobs, the op's own fields...]
+SCRATCH = OP_FIELDS - 2  # p[SCRATCH]: offset in A of the op's scratch, p[SCRATCH + 1]: its
+#                          floats per worker (each worker thread has its own)
 
 
 @helper
@@ -240,6 +243,12 @@ def arenas(pa, a_size, pw, w_size, pp):
     """The arenas and the op row of a job, as arrays (A, W, p)."""
     return (numba.carray(pa, (a_size,)), numba.carray(pw, (w_size,)),
             numba.carray(pp, (OP_FIELDS,)))
+
+
+@helper
+def scratch(p, worker):
+    """Offset in A of this worker's scratch space for op p (planned with the op)."""
+    return p[SCRATCH] + worker * p[SCRATCH + 1]
 
 
 # ---------------------------------------------------------------- argument checks

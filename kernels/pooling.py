@@ -6,7 +6,8 @@ accumulated in float64.
 """
 import numpy as np
 
-from .policy import arenas, check, check_array, helper, job
+from .policy import arenas, check, check_array, job
+from .simd import stack_buffer_f64
 
 CHANNEL_BLOCK = 64  # channels summed by one parallel job
 
@@ -15,7 +16,7 @@ POOL_FIELDS = ("x_off", "B", "HW", "C", "o_off")
 
 
 @job
-def pool_job(pa, a_size, pw, w_size, pp, job):
+def pool_job(pa, a_size, pw, w_size, pp, job, worker):
     """out[b, c0:c1] = mean over the HW pixels, for one block of channels (float64 sums)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, hw, c, o_off = p[2], p[4], p[5], p[6]
@@ -23,7 +24,9 @@ def pool_job(pa, a_size, pw, w_size, pp, job):
     b = job // n_cblocks
     c0 = (job - b * n_cblocks) * CHANNEL_BLOCK
     c1 = min(c, c0 + CHANNEL_BLOCK)
-    acc = np.zeros(c1 - c0, np.float64)      # (channels in block,)
+    acc = stack_buffer_f64(CHANNEL_BLOCK)    # (channels in block,)
+    for ch in range(c1 - c0):
+        acc[ch] = 0.0
     for k in range(hw):
         row = x_off + (b * hw + k) * c
         for ch in range(c0, c1):

@@ -36,7 +36,7 @@ from .layout import nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
-from .policy import OP_FIELDS, check, kernel
+from .policy import OP_FIELDS, SCRATCH, check, kernel
 from .pooling import pool_job
 from .workers import POOL, barrier, default_threads, next_job
 
@@ -50,14 +50,18 @@ CODES = {"gemm": 1, "conv": 2, "separable": 3, "group_norm": 4, "layer_norm": 5,
 
 
 class Op:
-    """One kernel call: ``kind`` (a key of CODES), how many parallel jobs, its int fields."""
+    """One kernel call: ``kind`` (a key of CODES), how many parallel jobs, its int fields, and
+    the floats of scratch space each worker thread needs (placed in A by the planner, which
+    sets ``scratch_off``)."""
 
-    __slots__ = ("kind", "n_jobs", "fields")
+    __slots__ = ("kind", "n_jobs", "fields", "scratch", "scratch_off")
 
-    def __init__(self, kind, n_jobs, fields):
+    def __init__(self, kind, n_jobs, fields, scratch=0):
         check(kind in CODES, f"unknown op {kind!r}")
-        check(len(fields) <= FIELDS - 2, f"op {kind} has too many fields")
+        check(len(fields) <= SCRATCH - 2, f"op {kind} has too many fields")
         self.kind, self.n_jobs, self.fields = kind, max(1, int(n_jobs)), [int(f) for f in fields]
+        self.scratch = -(-int(scratch) // ALIGN) * ALIGN if scratch else 0
+        self.scratch_off = 0
 
     def __repr__(self):
         return f"Op({self.kind}, jobs={self.n_jobs})"
@@ -69,6 +73,7 @@ def table(ops):
     for i, op in enumerate(ops):
         prog[i, 0], prog[i, 1] = CODES[op.kind], op.n_jobs
         prog[i, 2:2 + len(op.fields)] = op.fields
+        prog[i, SCRATCH], prog[i, SCRATCH + 1] = op.scratch_off, op.scratch
     return prog
 
 
@@ -114,19 +119,20 @@ def job_addresses(ops):
 
 
 @intrinsic
-def call_job(typingctx, address, A, W, p, j):
+def call_job(typingctx, address, A, W, p, j, worker):
     """Call the job function at ``address`` (a C function, see policy.JOB_SIGNATURE)."""
     def codegen(context, builder, sig, args):
         i64, f32p = ir.IntType(64), ir.FloatType().as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [f32p, i64, f32p, i64, i64.as_pointer(), i64])
+        fnty = ir.FunctionType(ir.VoidType(), [f32p, i64, f32p, i64, i64.as_pointer(), i64, i64])
         arrays = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:4],
                                                                              args[1:4])]
         size = lambda a: builder.extract_value(a.shape, 0)  # noqa: E731
         fn = builder.inttoptr(args[0], fnty.as_pointer())
         builder.call(fn, [arrays[0].data, size(arrays[0]), arrays[1].data, size(arrays[1]),
-                          arrays[2].data, context.cast(builder, args[4], sig.args[4], types.int64)])
+                          arrays[2].data, context.cast(builder, args[4], sig.args[4], types.int64),
+                          context.cast(builder, args[5], sig.args[5], types.int64)])
         return context.get_dummy_value()
-    return types.void(address, A, W, p, j), codegen
+    return types.void(address, A, W, p, j, worker), codegen
 
 
 @kernel(nogil=True)
@@ -140,13 +146,13 @@ def execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
         address = jobs[p[0]]
         if n_workers == 1:
             for j in range(p[1]):
-                call_job(address, A, W, p, j)
+                call_job(address, A, W, p, j, worker)
             continue
         while True:
             j = next_job(sync, 1 + i - first)
             if j >= p[1]:
                 break
-            call_job(address, A, W, p, j)
+            call_job(address, A, W, p, j, worker)
         barrier(sync, 1 + i - first, n_workers)
 
 
@@ -157,6 +163,14 @@ def run_program(A, W, prog, jobs, first, last, threads=1):
 
 def run_ops(ops, A, W, threads=None):
     """Run a list of Ops on arena arrays A and W (the standalone kernels' entry point);
-    ``threads`` defaults to every core the process may use."""
-    run_program(A, W, table(ops), job_addresses(ops), 0, len(ops), threads or default_threads())
+    ``threads`` defaults to every core the process may use.  Returns A (the ops' scratch
+    space is appended to it)."""
+    threads = threads or default_threads()
+    size = A.size
+    for op in ops:
+        op.scratch_off = size
+        size += op.scratch * threads
+    if size > A.size:
+        A = np.concatenate([A, np.empty(size - A.size, np.float32)])
+    run_program(A, W, table(ops), job_addresses(ops), 0, len(ops), threads)
     return A

@@ -354,24 +354,33 @@ vsum = _reduce(lambda b, x, y: b.fadd(x, y), "Sum of the lanes (pairwise), a flo
 vhmax = _reduce(lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x), "Largest lane.")
 
 
-@intrinsic
-def stack_buffer(typingctx, size):
-    """An uninitialised float32 array of ``size`` (a compile-time constant) on the stack: no
-    allocator call, and LLVM keeps it in registers where all its indices are constant."""
-    if not isinstance(size, types.IntegerLiteral):
-        return None
-    n = size.literal_value
-    arrty = types.Array(types.float32, 1, "C")
+def _stack_array(dtype, doc):
+    @intrinsic
+    def buffer(typingctx, size):
+        if not isinstance(size, types.IntegerLiteral):
+            return None
+        n = size.literal_value
+        arrty = types.Array(dtype, 1, "C")
 
-    def codegen(context, builder, signature, args):
-        intp = types.intp
-        ptr = cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
-        ary = context.make_array(arrty)(context, builder)
-        context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
-                               strides=[context.get_constant(intp, 4)],
-                               itemsize=context.get_constant(intp, 4), meminfo=None)
-        return ary._getvalue()
-    return arrty(size), codegen
+        def codegen(context, builder, signature, args):
+            intp = types.intp
+            item = context.get_abi_sizeof(context.get_value_type(dtype))
+            ptr = cgutils.alloca_once(builder, context.get_value_type(dtype), size=n)
+            ary = context.make_array(arrty)(context, builder)
+            context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
+                                   strides=[context.get_constant(intp, item)],
+                                   itemsize=context.get_constant(intp, item), meminfo=None)
+            return ary._getvalue()
+        return arrty(size), codegen
+    buffer.__doc__ = doc
+    return buffer
+
+
+stack_buffer = _stack_array(types.float32, """An uninitialised float32 array of ``size`` (a
+compile-time constant) on the stack: no allocator call, and LLVM keeps it in registers where
+all its indices are constant.""")
+stack_buffer_f64 = _stack_array(types.float64, "stack_buffer for float64 values.")
+stack_buffer_i64 = _stack_array(types.int64, "stack_buffer for int64 values.")
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel

@@ -7,6 +7,8 @@ Hugging Face models use), so a wrong reference cannot hide a wrong kernel.
 import numpy as np
 import pytest
 
+from tinymvit.kernels.policy import KernelArgumentError
+
 from tinymvit.kernels.attention_mha import multi_head_attention, multi_head_attention_reference
 from tinymvit.kernels.attention_separable import (separable_attention,
                                                   separable_attention_reference)
@@ -101,11 +103,11 @@ def test_layer_norm_matches_reference(shape, eps, scale, shift):
 def test_norms_reject_bad_input():
     x = np.zeros((2, 3, 4), np.float32)
     g = np.ones(4, np.float32)
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         group_norm1(x.astype(np.float64), g, g, 1e-5, x)
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         layer_norm(x, g, g, 1e-5, np.zeros((2, 3, 5), np.float32))
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         layer_norm(x[:, ::2], g, g, 1e-5, x[:, ::2])
 
 
@@ -168,9 +170,9 @@ def test_multi_head_attention_matches_reference(S, N, h, heads, scale):
 
 def test_multi_head_attention_rejects_bad_heads():
     qkv = np.zeros((1, 4, 30), np.float32)
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         multi_head_attention(qkv, 3, np.zeros((1, 4, 10), np.float32))  # 3 does not divide h=10
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         multi_head_attention(qkv, 2, np.zeros((1, 4, 30), np.float32))  # out must be (S, N, h)
 
 
@@ -213,9 +215,9 @@ def test_unfold_fold_match_reference(B, H, W, C, p):
 
 def test_unfold_fold_reject_bad_shapes():
     x = np.zeros((1, 5, 5, 2), np.float32)
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         unfold_patches(x, 2, 3, 2, np.zeros((1, 4, 6, 2), np.float32))  # 3*2 > 5
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         fold_patches(np.zeros((1, 4, 5, 2), np.float32), 2, 2, 2, x)    # N != nh*nw
 
 

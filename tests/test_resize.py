@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from tinymvit.kernels.policy import KernelArgumentError
+
 from tinymvit.kernels.resize import (
     resize_bilinear,
     resize_bilinear_mapped,
@@ -93,9 +95,9 @@ def test_single_rounding_source_coordinate_matters():
 
 def test_resize_rejects_bad_buffers():
     x = np.zeros((1, 4, 4, 2), dtype=np.float64)
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         resize_bilinear(x, np.zeros((1, 8, 8, 2), np.float32))
-    with pytest.raises(AssertionError):
+    with pytest.raises(KernelArgumentError):
         resize_bilinear(np.zeros((1, 4, 4, 2), np.float32), np.zeros((1, 8, 8, 3), np.float32))
 
 

@@ -486,12 +486,16 @@ class Plan:
                 place = take(n_scratch)
                 scratch = Tensor(place[0], (n_scratch,))
                 free.append(place)                     # free again after this node
-            steps = []
+            steps, op_scratch = [], []
             for step in node.steps(ins, out, node_args, scratch, threads):
                 if isinstance(step, program.Op):
+                    if step.scratch:                   # each worker's scratch space
+                        op_scratch.append(take(step.scratch * threads))
+                        step.scratch_off = op_scratch[-1][0]
                     ops.append(step)
                     step = ("ops", len(ops) - 1, len(ops))
                 steps.append(step)
+            free.extend(op_scratch)
             self.node_steps.append((node, _merged(steps)))
             dead = {name for name in node.inputs if last_use[name] == idx}
             if node.output not in last_use:
