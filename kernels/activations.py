@@ -21,7 +21,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .policy import arenas, check, check_array, helper, job
-from .simd import vadd, vdiv, vfloor, vfma, vmax, vmin, vmul, vpow2i, vsplat, vsub
+from .simd import vadd, vfloor, vfma, vmax, vmin, vmul, vpow2i, vrcp, vsplat, vsub
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -129,7 +129,7 @@ def vact(v, act):
     if act == ACT_RELU6:
         return vmin(vmax(v, vsplat(0.0)), vsplat(6.0))
     if act == ACT_SILU:
-        return vdiv(v, vadd(vsplat(1.0), vexp(vsub(vsplat(0.0), v))))
+        return vmul(v, vrcp(vadd(vsplat(1.0), vexp(vsub(vsplat(0.0), v)))))
     return v
 
 

@@ -11,115 +11,107 @@ tokens, ``qkv[s, n] = [q (h) | k (h) | v (h)]``.  The h features are split into
 and the heads are concatenated back to h features.  The output dense layer is
 NOT part of this kernel.
 
-The N x N attention matrix is never stored: every parallel job takes one
-(sequence, head, block of queries), copies that head's K and V transposed to
-(hd, N) so that the loops over keys are contiguous (they vectorise), and then
-handles four query rows at a time: scores rows, max, exp, sum, weighted sums of V.
+The N x N attention matrix is never stored: a parallel job takes one (sequence,
+head) and runs both products on the register tile of the GEMM kernels
+(``simd.gemm_tile``), NR queries at a time:
+
+* K, pre-scaled by 1/sqrt(hd), is packed once as panels of NR keys (like a weight),
+  and V transposed to (hd, N);
+* scores of NR queries: S = Q K^T, MR queries x NR keys per tile;
+* each row of S becomes exp(s - max) (vectorised), and is written transposed
+  into a panel P (N keys x NR queries), divided by its sum;
+* the output of the NR queries, transposed: Y^T = V^T P, MR head dimensions x NR
+  queries per tile (hd = 36 of MobileViT-S is exactly 6 AVX2 tiles of 6 rows).
 """
 import math
 
 import numpy as np
 
-from .activations import exp_f32
+from .activations import vexp
 from .policy import arenas, check, check_array, helper, job, scratch
-
-QUERY_BLOCK = 64  # queries per parallel job (the K/V transpose is amortised over them)
-_QR = 4           # queries computed together in the inner loops
+from .simd import (MR, NR, TILE, VEC, gemm_tile, stack_buffer, vhmax, vload, vload_n, vmax,
+                   vmul, vsplat, vstore, vstore_n, vsub, vsum)
 
 # fields of a "mha" op row, after [code, jobs]: qkv (S, N, 3h) at x_off, out (S, N, h) at o_off
 MHA_FIELDS = ("x_off", "S", "N", "h", "heads", "o_off")
 
 
+@helper
+def _softmax_row(A, row, n, scale_out, dst, dst_stride):
+    """dst[m * dst_stride] = exp(A[row + m] - max) / sum for m < n (float64 sum)."""
+    vm = vsplat(A[row])
+    m = 0
+    while m + VEC <= n:
+        vm = vmax(vm, vload(A, row + m))
+        m += VEC
+    rmax = vhmax(vm)
+    while m < n:
+        rmax = max(rmax, A[row + m])
+        m += 1
+    total = 0.0
+    m = 0
+    while m + VEC <= n:
+        e = vexp(vsub(vload(A, row + m), vsplat(rmax)))
+        vstore(A, row + m, e)
+        total += vsum(e)
+        m += VEC
+    if m < n:
+        e = vexp(vsub(vload_n(A, row + m, n - m), vsplat(rmax)))
+        vstore_n(A, row + m, e, n - m)
+        for t in range(n - m):
+            total += A[row + m + t]
+    inv = np.float32(scale_out / total)
+    for m in range(n):
+        A[dst + m * dst_stride] = A[row + m] * inv
+
+
 @job
 def mha_job(pa, a_size, pw, w_size, pp, job, worker):
-    """Job = (sequence s, head j, block of QUERY_BLOCK queries)."""
+    """Job = (sequence s, head j): all N queries of that head."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, n_seq, N, h, num_heads, o_off = p[2], p[3], p[4], p[5], p[6], p[7]
     hd = h // num_heads
     scale = np.float32(1.0 / math.sqrt(hd))
-    n_blocks = (N + QUERY_BLOCK - 1) // QUERY_BLOCK
-    s = job // (num_heads * n_blocks)
-    j = (job // n_blocks) % num_heads
-    i0 = (job % n_blocks) * QUERY_BLOCK
-    i1 = min(N, i0 + QUERY_BLOCK)
-    q_off = j * hd
-    k_off = h + j * hd
-    v_off = 2 * h + j * hd
-
-    # this head's keys (pre-scaled by 1/sqrt(hd)) and values, transposed, in scratch space:
-    # kt = A[kt:] (hd, N), vt = A[vt:] (hd, N), scores A[sc:] (4, N)
-    kt = scratch(p, worker)
-    vt = kt + hd * N
-    sc = vt + hd * N
-    for t in range(hd):  # t outer: contiguous writes (rows of kt are 4N bytes apart)
+    s = job // num_heads
+    j = job - s * num_heads
+    ld = 3 * h                                        # floats between tokens in qkv
+    q0 = x_off + s * N * ld + j * hd                  # qkv[s, 0, q of head j]
+    k0 = q0 + h
+    v0 = q0 + 2 * h
+    n_pad = (N + NR - 1) // NR * NR
+    kp = scratch(p, worker)                           # K^T panels: (n_pad/NR, hd, NR)
+    vt = kp + n_pad * hd                              # V^T: (hd, N)
+    sc = vt + hd * N                                  # scores of NR queries: (NR, n_pad)
+    pt = sc + NR * n_pad                              # softmax panel: (N, NR)
+    for m in range(n_pad):                            # pack K (scaled) and V^T
+        panel = kp + (m // NR) * hd * NR + m % NR
+        for t in range(hd):
+            A[panel + t * NR] = A[k0 + m * ld + t] * scale if m < N else np.float32(0.0)
+    for t in range(hd):
         for m in range(N):
-            row = x_off + (s * N + m) * 3 * h
-            A[kt + t * N + m] = A[row + k_off + t] * scale
-            A[vt + t * N + m] = A[row + v_off + t]
-
-    # Queries go 4 at a time: every key/value element loaded from kt/vt feeds 4 FMAs
-    # (one per query) instead of 1, which is what limits this loop (kt, vt sit in L2).
-    for ib in range(i0, i1, _QR):
-        q0 = x_off + (s * N + ib) * 3 * h + q_off   # query rows; past the block end, repeat
-        q1 = x_off + (s * N + min(ib + 1, i1 - 1)) * 3 * h + q_off   # the last one (computed,
-        q2 = x_off + (s * N + min(ib + 2, i1 - 1)) * 3 * h + q_off   # never stored)
-        q3 = x_off + (s * N + min(ib + 3, i1 - 1)) * 3 * h + q_off
-        s0, s1, s2, s3 = sc, sc + N, sc + 2 * N, sc + 3 * N
-        for m in range(N):
-            A[s0 + m] = 0.0
-            A[s1 + m] = 0.0
-            A[s2 + m] = 0.0
-            A[s3 + m] = 0.0
-        for t in range(hd):              # scores[r, m] = q_r . k_m / sqrt(hd)
-            a0 = A[q0 + t]
-            a1 = A[q1 + t]
-            a2 = A[q2 + t]
-            a3 = A[q3 + t]
-            krow = kt + t * N
+            A[vt + t * N + m] = A[v0 + m * ld + t]
+    acc = stack_buffer(TILE)
+    for qb in range(0, N, NR):                        # NR queries at a time
+        nq = min(NR, N - qb)
+        for i0 in range(0, nq, MR):                   # S = Q K^T, MR queries x NR keys
+            rows = min(MR, nq - i0)
+            for pk in range(n_pad // NR):
+                gemm_tile(acc, A, q0 + (qb + i0) * ld, ld, rows, A, kp + pk * hd * NR, hd,
+                          False)
+                for r in range(rows):
+                    for c in range(NR):
+                        A[sc + (i0 + r) * n_pad + pk * NR + c] = acc[r * NR + c]
+        for q in range(nq):                           # P[m, q] = softmax of query q's scores
+            _softmax_row(A, sc + q * n_pad, N, 1.0, pt + q, NR)
+        for q in range(nq, NR):                       # unused query columns: zeros
             for m in range(N):
-                k = A[krow + m]
-                A[s0 + m] += a0 * k
-                A[s1 + m] += a1 * k
-                A[s2 + m] += a2 * k
-                A[s3 + m] += a3 * k
-        inv0 = _softmax_numerator_inplace(A, s0, N)
-        inv1 = _softmax_numerator_inplace(A, s1, N)
-        inv2 = _softmax_numerator_inplace(A, s2, N)
-        inv3 = _softmax_numerator_inplace(A, s3, N)
-        for t in range(hd):              # y_r = sum_m softmax_r[m] * v_m
-            vrow = vt + t * N
-            c0 = np.float32(0.0)
-            c1 = np.float32(0.0)
-            c2 = np.float32(0.0)
-            c3 = np.float32(0.0)
-            for m in range(N):
-                v = A[vrow + m]
-                c0 += A[s0 + m] * v
-                c1 += A[s1 + m] * v
-                c2 += A[s2 + m] * v
-                c3 += A[s3 + m] * v
-            out = o_off + (s * N + ib) * h + q_off + t
-            A[out] = c0 * inv0
-            if ib + 1 < i1:
-                A[out + h] = c1 * inv1
-            if ib + 2 < i1:
-                A[out + 2 * h] = c2 * inv2
-            if ib + 3 < i1:
-                A[out + 3 * h] = c3 * inv3
-
-
-@helper
-def _softmax_numerator_inplace(A, row, n):
-    """A[row : row + n] <- exp(x - max x); returns 1 / sum (the sum accumulated in float64)."""
-    rmax = A[row]
-    for m in range(row + 1, row + n):
-        rmax = max(rmax, A[m])
-    total = 0.0
-    for m in range(row, row + n):
-        e = exp_f32(A[m] - rmax)   # vectorised, no libm call
-        A[m] = e
-        total += np.float64(e)
-    return np.float32(1.0 / total)
+                A[pt + m * NR + q] = 0.0
+        for d0 in range(0, hd, MR):                   # Y^T = V^T P, MR dims x NR queries
+            rows = min(MR, hd - d0)
+            gemm_tile(acc, A, vt + d0 * N, N, rows, A, pt, N, False)
+            for r in range(rows):
+                for q in range(nq):
+                    A[o_off + (s * N + qb + q) * h + j * hd + d0 + r] = acc[r * NR + q]
 
 
 def mha_op(x_off, qkv_shape, num_heads, o_off):
@@ -131,8 +123,9 @@ def mha_op(x_off, qkv_shape, num_heads, o_off):
     check(isinstance(num_heads, (int, np.integer)) and num_heads >= 1 and h % num_heads == 0,
           f"{num_heads} heads do not divide h={h}")
     from .program import Op
-    return Op("mha", S * num_heads * -(-N // QUERY_BLOCK), (x_off, S, N, h, num_heads, o_off),
-              scratch=(2 * (h // num_heads) + _QR) * N)
+    hd, n_pad = h // num_heads, -(-N // NR) * NR
+    return Op("mha", S * num_heads, (x_off, S, N, h, num_heads, o_off),
+              scratch=n_pad * hd + hd * N + NR * n_pad + N * NR)
 
 
 def multi_head_attention(qkv, num_heads, out):
