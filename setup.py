@@ -27,8 +27,14 @@ setup(
     },
     install_requires=["numpy>=1.24", "numba>=0.59", "pillow>=9.1", "safetensors>=0.4"],
     extras_require={
-        # golden tests compare against transformers' PyTorch models (CPU build of torch)
-        "test": ["pytest>=7", "torch==2.13.0", "transformers==5.23.0"],
+        # golden tests compare against transformers' PyTorch models (CPU build of torch); the
+        # Hub tests need huggingface_hub, the Ray tests a local Ray Data instance
+        "test": ["pytest>=7", "torch==2.13.0", "transformers==5.23.0", "huggingface_hub>=0.24",
+                 "ray[data]>=2.9"],
+        # tinymvit.load("org/name[@revision]"): checkpoints from the Hugging Face Hub
+        "hub": ["huggingface_hub>=0.24"],
+        # tinymvit.ray: Ray Data actors for clusters (tested with ray 2.60)
+        "ray": ["ray[data]>=2.9"],
         # reading pytorch_model.bin checkpoints (torch.load(weights_only=True))
         "convert": ["torch==2.13.0"],
         # bench.py: PyTorch eager and ONNX Runtime baselines

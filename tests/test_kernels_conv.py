@@ -156,28 +156,22 @@ def test_conv2d_1x1_equals_pointwise():
 
 def test_results_do_not_depend_on_thread_count():
     """The job split changes with the thread count; every output must be computed alike."""
-    numba = pytest.importorskip("numba")
     rng = np.random.default_rng(4)
     x = randn(rng, 1, 19, 21, 40)
     wq, wd, wf = randn(rng, 70, 40), randn(rng, 40, 1, 3, 3), randn(rng, 33, 40, 3, 3, scale=0.05)
     b70, b40, b33 = randn(rng, 70), randn(rng, 40), randn(rng, 33)
 
-    def run_all():
+    def run_all(threads):
         return (pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wq), b70, ACT_SILU,
-                                         np.empty((1, 19, 21, 70), np.float32)),
+                                         np.empty((1, 19, 21, 70), np.float32), threads=threads),
                 depthwise.depthwise_conv(x, depthwise.prepare_depthwise_weight(wd), b40, 2, 1, 1, 1,
-                                         ACT_RELU6, np.empty((1, 10, 11, 40), np.float32)),
+                                         ACT_RELU6, np.empty((1, 10, 11, 40), np.float32),
+                                         threads=threads),
                 conv.conv2d(x, conv.prepare_conv_weight(wf), b33, 1, 2, 2, 2, ACT_RELU,
-                            np.empty((1, 19, 21, 33), np.float32)))
+                            np.empty((1, 19, 21, 33), np.float32), threads=threads))
 
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = run_all()
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = run_all()
-    finally:
-        numba.set_num_threads(before)
+    one = run_all(1)
+    many = run_all(4)                                # more workers than cores: still the same
     for a, b in zip(one, many):
         assert np.array_equal(a, b)
 

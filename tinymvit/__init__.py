@@ -10,10 +10,12 @@ No PyTorch needed: numpy, numba, pillow and safetensors only.
 """
 from .api import Model, ModelOutput, convert, get_num_threads, load, set_num_threads
 from .config import Config
-from .errors import CheckpointError, ConfigError, InputError, ThreadingError, TinyMViTError
+from .errors import (CheckpointError, ConfigError, InputError, NumericalError, OutputError,
+                     ThreadingError, TinyMViTError)
 from .images import ImageError, load_image
 
 __version__ = "0.1.0"
 __all__ = ["load", "convert", "Model", "ModelOutput", "Config", "set_num_threads",
            "get_num_threads", "load_image", "TinyMViTError", "CheckpointError", "ConfigError",
-           "InputError", "ImageError", "ThreadingError", "__version__"]
+           "InputError", "ImageError", "ThreadingError", "NumericalError", "OutputError",
+           "__version__"]

@@ -6,35 +6,24 @@
     model.preprocess(images)                           # bit-identical to HF's PIL processor
     model.classify("cat.jpg", top_k=5)                 # [{"label", "score", "index"}, ...]
     model.segment("street.jpg")                        # (H, W) label map of the whole image
+    for image, result in model.iter_classify(paths):   # lazily, batch by batch; a failing
+        ...                                            # image yields its error, others go on
 """
-import threading
+import math
 
-import numba
 import numpy as np
 
-from . import kernels
+from . import kernels, limits
 from .config import Config
-from .errors import CheckpointError, InputError, ThreadingError
+from .errors import CheckpointError, InputError, NumericalError, TinyMViTError
 from .graph import GraphBuilder, InputTooSmall
+from .hub import open_checkpoint
 from .models import BUILDERS, backbone_prefix
 from .preprocess import ImageProcessor
-from .weights import Checkpoint, read_checkpoint, save_tinymvit_file
+from .weights import Checkpoint, save_tinymvit_file
 from .weightstore import WeightStore
 
-# With Numba's workqueue layer (no OpenMP/TBB available) parallel kernels must not be
-# entered from two threads at once: serialise model calls in that case.
-_WORKQUEUE_LOCK = None if kernels.THREAD_SAFE_LAYER else threading.Lock()
 _default_threads = None  # set by tinymvit.set_num_threads; None = every core
-
-
-def _check_not_forked_after_openmp():
-    if kernels.FORKED_AFTER_OPENMP:
-        raise ThreadingError(
-            "this process was forked after its parent ran tinymvit kernels on Numba's OpenMP "
-            "threading layer, and GNU OpenMP cannot run in such a child (it would hang). Use "
-            "multiprocessing's 'spawn' or 'forkserver' start method, or run models only in the "
-            "children, or make TBB available (pip/conda install tbb) so tinymvit picks Numba's "
-            "fork-safe TBB layer")
 
 
 class ModelOutput:
@@ -90,8 +79,15 @@ class Model:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError("Model(checkpoint) expects a Checkpoint; use tinymvit.load(path)")
         self.source = checkpoint.source
-        self.config = Config.from_dict(checkpoint.config, source=f"{self.source} (config)")
+        self.files = tuple(checkpoint.files)          # what was read (outputs never replace them)
+        # Every config and preprocessor value is checked before anything is built.
+        self.config = Config.from_dict(checkpoint.config, source=checkpoint.config_source)
         self.family = self.config.model_type
+        self.preprocessor_config = checkpoint.preprocessor_config
+        size = self.config.image_size
+        self.processor = ImageProcessor.from_config(
+            self.preprocessor_config, self.family, size if isinstance(size, int) else int(size[0]),
+            source=checkpoint.preprocessor_source)
         self.task = detect_head(checkpoint.tensors)
         prefix = backbone_prefix(self.family)
         has_prefix = any(k.startswith(prefix) for k in checkpoint.tensors)
@@ -101,14 +97,19 @@ class Model:
                 f"'{prefix}'")
         store = WeightStore(checkpoint.tensors, prefix if has_prefix else "", self.source)
         builder = GraphBuilder(store, self.config.num_channels)
-        outputs = BUILDERS[self.family](builder, self.config, self.task)
+        try:
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                outputs = BUILDERS[self.family](builder, self.config, self.task)
+        except FloatingPointError as exc:      # finite weights whose BN folding overflows
+            layer = store.last_key.rsplit(".normalization.", 1)[0]
+            raise CheckpointError(
+                f"{self.source}: the weights of '{layer}' overflow float32 once its BatchNorm "
+                f"is folded in ({exc}); its weights or BatchNorm statistics are out of range - "
+                f"the checkpoint is damaged") from None
         self.graph = builder.build(outputs)
         self.id2label = dict(self.config.id2label)
-        self.preprocessor_config = checkpoint.preprocessor_config
-        size = self.config.image_size
-        self.processor = ImageProcessor.from_config(      # validates preprocessor_config now
-            self.preprocessor_config, self.family, size if isinstance(size, int) else int(size[0]))
         self._min_size = None
+        self._activation_cache = {}
         self.num_threads = num_threads
 
     # -- settings -------------------------------------------------------------------------
@@ -132,11 +133,18 @@ class Model:
     def __call__(self, pixel_values, output_hidden_states=False):
         """Run the model on ``pixel_values`` (N, C, H, W) float32, as HF's processor makes them."""
         x = self._check_pixel_values(pixel_values)
-        _check_not_forked_after_openmp()
+        self._check_input_shape(x.shape)
         try:
-            res = self.graph.run(x, with_hidden=output_hidden_states, threads=self._threads())
+            # Overflow on extreme inputs or weights gives inf/NaN outputs (classify() and
+            # segment() refuse them), never numpy warnings on stderr.
+            with np.errstate(all="ignore"):
+                res = self.graph.run(x, with_hidden=output_hidden_states, threads=self._threads())
         except InputTooSmall as exc:
             raise InputError(self._too_small_message(x.shape, exc)) from None
+        except ArithmeticError as exc:        # e.g. a division by an overflowed zero variance
+            raise NumericalError(f"the forward pass overflowed float32 ({type(exc).__name__}: "
+                                 f"{exc}); the input or the checkpoint's weights are out of "
+                                 f"range") from None
         out = {k: (_nchw(res[v]) if v else None) for k, v in self.graph.outputs.items()
                if k != "hidden_states"}
         if output_hidden_states:
@@ -149,7 +157,7 @@ class Model:
         Returns [(node description, seconds), ...]; handy to see where time goes.
         """
         x = self._check_pixel_values(pixel_values)
-        _check_not_forked_after_openmp()
+        self._check_input_shape(x.shape)
         self.graph.run(x, threads=self._threads())          # warm-up (JIT, planning)
         runs = []
         for _ in range(repeats):
@@ -186,22 +194,57 @@ class Model:
             raise InputError("pixel_values holds NaN or infinite values")
         return np.ascontiguousarray(x)
 
+    def activation_bytes(self, shape):
+        """Total size in bytes of the intermediate tensors of a forward pass on an input of
+        ``shape`` (N, C, H, W), before buffer reuse (what ``limits.MAX_ACTIVATION_BYTES``
+        caps).  Raises InputError when the input is too small for the network."""
+        shape = tuple(int(v) for v in shape)
+        if shape not in self._activation_cache:
+            try:
+                shapes = self.graph.shapes(shape)
+            except InputTooSmall as exc:
+                raise InputError(self._too_small_message(shape, exc)) from None
+            if len(self._activation_cache) > 64:
+                self._activation_cache.clear()
+            self._activation_cache[shape] = 4 * sum(math.prod(s) for s in shapes.values())
+        return self._activation_cache[shape]
+
+    def _check_input_shape(self, shape):
+        """Too small for the network, or too big for the memory cap: InputError, before any
+        buffer is allocated."""
+        need = self.activation_bytes(shape)
+        if need > limits.MAX_ACTIVATION_BYTES:
+            n, _, h, w = shape
+            raise InputError(
+                f"input of {n} image(s) of {h}x{w} is too large: its intermediate tensors would "
+                f"total {limits.gib(need)}, above the limit of "
+                f"{limits.gib(limits.MAX_ACTIVATION_BYTES)} (tinymvit.limits."
+                f"MAX_ACTIVATION_BYTES); use a smaller image size or batch")
+
     def min_input_size(self):
         """Smallest square input side this model accepts (e.g. 33 for MobileViTV2 at OS 32)."""
         if self._min_size is None:
-            for n in range(1, 1025):
+            def fits(n):
                 try:
                     self.graph.shapes((1, self.config.num_channels, n, n))
+                    return True
                 except InputTooSmall:
-                    continue
-                self._min_size = n
-                break
+                    return False
+
+            lo, hi = 1, limits.MAX_SIDE          # a bigger input never stops fitting
+            if fits(hi):
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+                self._min_size = lo
         return self._min_size
 
     def _too_small_message(self, shape, exc):
+        n = self.min_input_size()
+        need = (f"height and width must be at least {n} pixels" if n is not None else
+                f"it needs inputs larger than {limits.MAX_SIDE} pixels")
         return (f"input {shape[2]}x{shape[3]} is too small for this {self.family} model at "
-                f"output_stride {self.config.output_stride}: height and width must be at least "
-                f"{self.min_input_size()} pixels ({exc})")
+                f"output_stride {self.config.output_stride}: {need} ({exc})")
 
     # -- images in, answers out ------------------------------------------------------------
     def preprocess(self, images):
@@ -212,30 +255,42 @@ class Model:
         """
         return self.processor(images)
 
-    def classify(self, image, top_k=5):
+    def classify(self, image, top_k=5, batch_size=32):
         """Top-k classes of one image (path, PIL image or uint8 array), or of a list of them.
 
         Returns [{"label": str, "score": float, "index": int}, ...] by descending softmax
-        score (a list of such lists for a list of images).
+        score (a list of such lists for a list of images).  A list is processed
+        ``batch_size`` images at a time, so memory does not grow with its length.  Raises
+        the first image's error (NumericalError if the logits are not finite).
+        """
+        batch = isinstance(image, (list, tuple))
+        results = _raise_first(self.iter_classify(image if batch else [image], top_k, batch_size))
+        return results if batch else results[0]
+
+    def iter_classify(self, images, top_k=5, batch_size=32):
+        """Classify an iterable of images lazily, ``batch_size`` at a time.
+
+        Yields ``(image, predictions)`` in input order.  An image that fails (unreadable,
+        too large, non-finite logits, ...) yields ``(image, error)`` - the TinyMViTError,
+        not raised - and the others go on.
         """
         from .postprocess import softmax
         from .postprocess import top_k as _top_k
 
-        if self.task != "classification":
-            raise InputError(f"classify() needs an image-classification checkpoint; this one is "
-                             f"a {self.task} model" +
-                             (" (use segment())" if self.task == "segmentation" else ""))
-        if not isinstance(top_k, int) or top_k < 1:
+        self._check_task("classification", "classify")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive int, got {top_k!r}")
-        batch = isinstance(image, (list, tuple))
-        images = list(image) if batch else [image]
-        if self.processor.do_center_crop:          # one batch: every image ends the same size
-            logits = self(self.preprocess(images)).logits
-        else:                                      # sizes may differ: one call per image
-            logits = np.concatenate([self(self.preprocess(im)).logits for im in images])
-        probs = softmax(logits, axis=-1)
-        results = [_top_k(row, top_k, self.id2label) for row in probs]
-        return results if batch else results[0]
+        _check_batch_size(batch_size)
+        _check_iterable(images, "iter_classify", "classify")
+
+        def prepare(image):
+            return self.preprocess(image), None                  # (1, 3, h, w)
+
+        def finish(logits, info, name):                          # logits (1, num_labels)
+            _check_finite(logits, name)
+            return _top_k(softmax(logits, axis=-1)[0], top_k, self.id2label)
+
+        return self._iter_batched(images, prepare, finish, batch_size)
 
     def post_process_semantic_segmentation(self, logits, target_sizes=None):
         """transformers' post-processing: per image, bilinear resize (align_corners=False) of
@@ -245,40 +300,122 @@ class Model:
             logits = logits.logits
         return post_process_semantic_segmentation(logits, target_sizes)
 
-    def segment(self, image, size=None):
-        """(H, W) int64 label map covering the whole image, aligned pixel for pixel.
+    def segment(self, image, size=None, batch_size=8):
+        """(H, W) int64 label map covering the whole image, aligned pixel for pixel (a list of
+        maps for a list of images, processed ``batch_size`` at a time).
 
         Unlike transformers' processor (which center-crops), the whole image is resized
         without cropping so that its longer side is about ``size`` (default: the
         checkpoint's crop size; ``"native"`` keeps the original scale), the model runs
         on it, and the logits are resampled back to every original pixel using the
-        network's exact stride geometry.
+        network's exact stride geometry.  Images whose model inputs have the same size
+        share a forward pass.
         """
-        from .images import load_image
+        batch = isinstance(image, (list, tuple))
+        results = _raise_first(self.iter_segment(image if batch else [image], size, batch_size))
+        return results if batch else results[0]
+
+    def iter_segment(self, images, size=None, batch_size=8):
+        """Segment an iterable of images lazily; yields ``(image, labels or error)`` in order
+        (see :meth:`iter_classify` and :meth:`segment`)."""
         from .postprocess import logits_to_image_labels
 
-        if self.task != "segmentation":
-            raise InputError(f"segment() needs a semantic-segmentation checkpoint; this one is "
-                             f"a {self.task} model")
-        rgb = load_image(image)
-        pixel_values, meta = self.processor.prepare_for_segmentation(
-            rgb, size=size, output_stride=self.config.output_stride)
-        logits = self(pixel_values).logits                       # (1, L, h, w)
-        return logits_to_image_labels(np.ascontiguousarray(logits.transpose(0, 2, 3, 1)), meta,
-                                      self.config.output_stride)
+        self._check_task("segmentation", "segment")
+        _check_batch_size(batch_size)
+        _check_iterable(images, "iter_segment", "segment")
+        os_ = self.config.output_stride
+        self.processor.segmentation_input_size(1, 1, size, output_stride=os_)   # checks size
+
+        def prepare(image):                                      # (1, 3, h, w), meta
+            return self.processor.prepare_for_segmentation(image, size=size, output_stride=os_)
+
+        def finish(logits, meta, name):                          # logits (1, L, h, w)
+            _check_finite(logits, name)
+            return logits_to_image_labels(np.ascontiguousarray(logits.transpose(0, 2, 3, 1)),
+                                          meta, os_)
+
+        return self._iter_batched(images, prepare, finish, batch_size)
+
+    # -- batching ---------------------------------------------------------------------------
+    def _check_task(self, task, method):
+        if self.task != task:
+            kind = "an image-classification" if task == "classification" else \
+                "a semantic-segmentation"
+            other = {"classification": " (use classify())",
+                     "segmentation": " (use segment())"}.get(self.task, "")
+            raise InputError(f"{method}() needs {kind} checkpoint; this one is a {self.task} "
+                             f"model{other}")
+
+    def _iter_batched(self, images, prepare, finish, batch_size):
+        """Yield (image, result or TinyMViTError) for ``images``, in order, as they are done.
+
+        prepare(image) -> (pixel_values (1, C, h, w), info); finish(logits (1, ...), info,
+        name) -> result.  Consecutive images whose inputs have the same size are run as
+        one batch of at most ``batch_size`` (fewer if the batch would exceed
+        ``limits.MAX_ACTIVATION_BYTES``); if a batch fails, its images are retried one by
+        one so that the error is pinned on the image that caused it.  At most one batch
+        of prepared inputs is held in memory.
+        """
+        pending = []                                  # [(index, image, (pixel_values, info))]
+        for index, image in enumerate(images):
+            item = _attempt(index, image, prepare, image)
+            if pending and (isinstance(item, TinyMViTError)
+                            or not self._joins(pending, item[0].shape, batch_size)):
+                yield from self._run_batch(pending, finish)
+                pending = []
+            if isinstance(item, TinyMViTError):
+                yield image, item
+                continue
+            pending.append((index, image, item))
+            if len(pending) == batch_size:            # full: run it before reading further
+                yield from self._run_batch(pending, finish)
+                pending = []
+        yield from self._run_batch(pending, finish)
+
+    def _joins(self, pending, shape, batch_size):
+        """Can an input of ``shape`` (1, C, h, w) join the batch ``pending``?"""
+        if len(pending) >= batch_size or pending[0][2][0].shape != shape:
+            return False
+        try:
+            return self.activation_bytes((len(pending) + 1,) + shape[1:]) \
+                <= limits.MAX_ACTIVATION_BYTES
+        except InputError:                            # too small: fails the same either way
+            return True
+
+    def _run_batch(self, pending, finish):
+        """Run ``pending`` as one batch; yields (image, result or error) for each."""
+        if not pending:
+            return
+        try:
+            logits = self(np.concatenate([item[0] for _, _, item in pending])).logits
+        except (TinyMViTError, MemoryError) as exc:
+            if len(pending) > 1:                      # find out which image it was
+                for entry in pending:
+                    yield from self._run_batch([entry], finish)
+            else:
+                yield pending[0][1], _named(_as_error(exc), *pending[0][:2])
+            return
+        for row, (index, image, (_, info)) in enumerate(pending):
+            yield image, _attempt(index, image, finish, logits[row:row + 1], info,
+                                  _image_name(index, image))
 
 
-def load(path, num_threads=None):
-    """Load a checkpoint folder or tinymvit ``.safetensors`` file into a :class:`Model`."""
-    return Model(read_checkpoint(path), num_threads=num_threads)
+def load(path, num_threads=None, *, revision=None, token=None, allow_pickle=False):
+    """Load a checkpoint folder, a tinymvit ``.safetensors`` file, or a Hugging Face Hub repo id
+    ``org/name[@revision]`` (needs ``tinymvit[hub]``; see :mod:`tinymvit.hub`) into a
+    :class:`Model`.  A local path always wins over a repo id; from the Hub a pickled
+    ``pytorch_model.bin`` is fetched only with ``allow_pickle=True``."""
+    return Model(open_checkpoint(path, revision=revision, token=token, allow_pickle=allow_pickle),
+                 num_threads=num_threads)
 
 
-def convert(src, dst):
-    """Convert checkpoint ``src`` (folder, .bin folder or file) into one tinymvit file ``dst``.
+def convert(src, dst, *, allow_pickle=False):
+    """Convert checkpoint ``src`` (folder, .bin folder, file or Hub repo id) into one tinymvit
+    file ``dst``.
 
     Every tensor is validated against the config before writing.  Returns ``dst``.
     """
-    checkpoint = read_checkpoint(src)
+    checkpoint = open_checkpoint(src, allow_pickle=allow_pickle)
     Model(checkpoint)  # validates every tensor name, shape and dtype against the config
     return save_tinymvit_file(checkpoint, dst)
 
@@ -301,3 +438,69 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of kernel threads models use by default."""
     return _default_threads or kernels.workers.default_threads()
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _check_iterable(images, method, single):
+    """``images`` must be an iterable of images, not one image (a path would be iterated
+    character by character)."""
+    from PIL import Image
+    if (isinstance(images, (str, bytes, np.ndarray, Image.Image)) or hasattr(images, "__fspath__")
+            or not hasattr(images, "__iter__")):
+        raise InputError(f"{method}() takes an iterable of images (a list, a generator...), got "
+                         f"{type(images).__name__}; for one image use {single}()")
+
+
+def _image_name(index, image):
+    """How an image is named in an error: its path, else its position and kind."""
+    from .images import describe_image
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        return str(image)
+    return f"image {index} ({describe_image(image)})"
+
+
+def _named(exc, index, image):
+    """``exc`` with the image it is about named first (unless it already names it)."""
+    name = _image_name(index, image)
+    if name in str(exc):
+        return exc
+    return type(exc)(f"{name}: {exc}")
+
+
+def _attempt(index, image, fn, *args):
+    """fn(*args), or the TinyMViTError it raised, naming image number ``index``."""
+    try:
+        return fn(*args)
+    except (TinyMViTError, MemoryError) as exc:
+        return _named(_as_error(exc), index, image)
+
+
+def _as_error(exc):
+    """A MemoryError while handling one image becomes that image's InputError."""
+    if isinstance(exc, MemoryError):
+        return InputError("not enough memory to process this image (MemoryError); use a "
+                          "smaller image, size or batch_size")
+    return exc
+
+
+def _raise_first(pairs):
+    """The results of (image, result or error) pairs; raises the first error."""
+    results = []
+    for _, result in pairs:
+        if isinstance(result, TinyMViTError):
+            raise result
+        results.append(result)
+    return results
+
+
+def _check_finite(values, name):
+    if not np.isfinite(values).all():
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        raise NumericalError(
+            f"{name}: the model's output holds {bad} NaN or infinite value(s) (of {values.size}): "
+            f"float32 overflowed on this input, or the checkpoint's weights are out of range; "
+            f"there is no meaningful prediction")

@@ -19,3 +19,13 @@ class InputError(TinyMViTError, ValueError):
 
 class ThreadingError(TinyMViTError, RuntimeError):
     """The process cannot run parallel kernels safely (e.g. forked after OpenMP was started)."""
+
+
+class NumericalError(TinyMViTError, ArithmeticError):
+    """A forward pass produced NaN or infinite values (e.g. float32 overflow on extreme inputs
+    or weights), so there is no meaningful answer to report."""
+
+
+class OutputError(TinyMViTError, OSError):
+    """An output file (mask, overlay, converted checkpoint) cannot be written, or would
+    overwrite an input or another output of the same run."""

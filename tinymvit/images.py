@@ -21,16 +21,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import limits
 from .errors import TinyMViTError
 
-__all__ = ["ImageError", "load_image"]
+__all__ = ["ImageError", "load_image", "check_pixel_count"]
 
 
 class ImageError(TinyMViTError, ValueError):
     """An image input is missing, unreadable, not an image, or has the wrong type/shape/size."""
 
 
-def _describe(image):
+def check_pixel_count(height, width, what, verb="has"):
+    """Raise ImageError if a (height, width) image would exceed ``limits.MAX_IMAGE_PIXELS``.
+
+    Called before the pixels are decoded or allocated (``what`` names the image).
+    """
+    if height * width > limits.MAX_IMAGE_PIXELS:
+        raise ImageError(f"{what} {verb} {width}x{height} = {height * width / 1e6:.1f} "
+                         f"megapixels, above the limit of {limits.MAX_IMAGE_PIXELS / 1e6:.1f} "
+                         f"megapixels (tinymvit.limits.MAX_IMAGE_PIXELS); downscale it first")
+
+
+def describe_image(image):
     if isinstance(image, np.ndarray):
         return f"array of shape {image.shape} and dtype {image.dtype}"
     if isinstance(image, Image.Image):
@@ -40,20 +52,28 @@ def _describe(image):
 
 def _open_path(path):
     """Open, fully decode and EXIF-orient an image file; errors become ImageError."""
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as e:          # e.g. a name too long, or holding a NUL byte
+        raise ImageError(f"{path}: cannot access this path ({e})") from None
+    if not exists:
         raise ImageError(f"{path}: image file not found")
-    if not path.is_file():
+    if not is_file:
         raise ImageError(f"{path}: not a file (expected an image file such as .jpg or .png)")
     try:
         with Image.open(path) as im:
+            check_pixel_count(im.height, im.width, str(path))   # from the header: nothing decoded
             im.load()                       # decode now, so truncated files fail here
             return _to_rgb(im, str(path))
-    except ImageError:
+    except (ImageError, MemoryError):
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}; tinymvit reads at most "
+                         f"{limits.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file Pillow can read (expected JPEG, PNG, BMP, "
                          f"GIF, TIFF, WebP, ...)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001  Pillow's decoders raise many types on damaged files
         raise ImageError(f"{path}: unreadable or corrupt image file ({type(e).__name__}: {e})") \
             from None
 
@@ -63,7 +83,9 @@ def _to_rgb(im, name):
     try:
         im = ImageOps.exif_transpose(im)
         rgb = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  damaged EXIF / palette data raise many types
         raise ImageError(f"{name}: cannot convert this image (mode {im.mode}) to RGB "
                          f"({type(e).__name__}: {e})") from None
     if rgb.width == 0 or rgb.height == 0:
@@ -73,7 +95,7 @@ def _to_rgb(im, name):
 
 
 def _from_array(a):
-    what = _describe(a)
+    what = describe_image(a)
     if a.dtype != np.uint8:
         raise ImageError(f"image {what}: expected dtype uint8 (0..255 RGB values); convert "
                          f"floats with (x * 255).round().astype(np.uint8)")
@@ -84,6 +106,7 @@ def _from_array(a):
                          f"(H, W, 4) RGBA")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"image {what}: zero-sized image; expected at least 1x1 pixels")
+    check_pixel_count(a.shape[0], a.shape[1], f"image {what}")
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)             # grey -> R = G = B
     elif a.shape[2] == 4:
@@ -103,9 +126,10 @@ def load_image(image):
         return _from_array(image)
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
-            raise ImageError(f"image {_describe(image)}: zero-sized image; expected at least "
+            raise ImageError(f"image {describe_image(image)}: zero-sized image; expected at least "
                              f"1x1 pixels")
-        return _to_rgb(image, f"image {_describe(image)}")
+        check_pixel_count(image.height, image.width, f"image {describe_image(image)}")
+        return _to_rgb(image, f"image {describe_image(image)}")
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and not image:
             raise ImageError("image path is an empty string")
@@ -113,5 +137,5 @@ def load_image(image):
             raise ImageError(f"{image}: URLs are not supported; download the image and pass "
                              f"the local file path")
         return _open_path(Path(image))
-    raise ImageError(f"unsupported image input {_describe(image)}: expected a file path, a "
+    raise ImageError(f"unsupported image input {describe_image(image)}: expected a file path, a "
                      f"PIL.Image.Image, or a uint8 NumPy array (H, W, 3)")

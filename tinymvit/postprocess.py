@@ -18,6 +18,7 @@
 """
 import numpy as np
 
+from . import limits
 from .errors import InputError
 from tinymvit.kernels.resize import resize_bilinear, resize_bilinear_mapped_argmax
 
@@ -81,9 +82,15 @@ def post_process_semantic_segmentation(logits, target_sizes=None, return_scores=
         if target_sizes is None:
             scores = logits[i]                                                 # (C, h, w)
         else:
-            H, W = (int(v) for v in target_sizes[i])
-            if H <= 0 or W <= 0:
-                raise InputError(f"target size {target_sizes[i]!r} must be positive")
+            try:
+                H, W = (int(v) for v in target_sizes[i])
+            except (TypeError, ValueError):
+                raise InputError(f"target size {target_sizes[i]!r} must be a (height, width) "
+                                 f"pair of integers") from None
+            if H <= 0 or W <= 0 or H * W > limits.MAX_IMAGE_PIXELS:
+                raise InputError(f"target size {target_sizes[i]!r} must be positive and at most "
+                                 f"{limits.MAX_IMAGE_PIXELS} pixels (tinymvit.limits."
+                                 f"MAX_IMAGE_PIXELS)")
             nhwc = np.ascontiguousarray(logits[i].transpose(1, 2, 0))[None]    # (1, h, w, C)
             out = np.empty((1, H, W, logits.shape[1]), dtype=np.float32)       # (1, H, W, C)
             resize_bilinear(nhwc, out, align_corners=False)

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from . import limits
 from .config import FAMILIES
 from .errors import ConfigError, InputError
-from .images import load_image
+from .images import ImageError, check_pixel_count, load_image
 
 __all__ = ["ImageProcessor", "SegmentationMeta", "FAMILIES", "RESAMPLE_NAMES"]
 
@@ -83,34 +84,49 @@ def _processor_kind(family):
     return "mobilenet_v2" if family == "mobilenet_v2" else "mobilevit"
 
 
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"preprocessor config: {what} must be a positive integer, got {value!r}")
+def _show(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...)"
+
+
+def _side(value, what, source):
+    """An image side from the config: a positive int no larger than limits.MAX_SIDE."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not 1 <= value <= limits.MAX_SIDE):
+        raise ConfigError(f"{source}: {what} must be a positive integer no larger than "
+                          f"{limits.MAX_SIDE} (tinymvit.limits.MAX_SIDE), got {_show(value)}")
     return int(value)
 
 
-def _parse_size(value, default_to_square, what):
+def _parse_size(value, default_to_square, what, source):
     """transformers' get_size_dict: int / [h, w] / dict -> a dict with a supported key set."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
     elif isinstance(value, (list, tuple)) and len(value) == 2:
         value = {"height": value[0], "width": value[1]}
     if not isinstance(value, dict) or set(value) not in _SIZE_KEYSETS:
-        raise ConfigError(f"preprocessor config: {what} must be an int, [height, width], or a dict "
-                          f"with keys {{'shortest_edge'}}, {{'shortest_edge', 'longest_edge'}}, "
-                          f"{{'height', 'width'}} or {{'max_height', 'max_width'}}; got {value!r}")
-    return {k: _positive_int(v, f"{what}[{k!r}]") for k, v in value.items()}
+        raise ConfigError(f"{source}: {what} must be an int, [height, width], or a dict with keys "
+                          f"{{'shortest_edge'}}, {{'shortest_edge', 'longest_edge'}}, "
+                          f"{{'height', 'width'}} or {{'max_height', 'max_width'}}; "
+                          f"got {_show(value)}")
+    return {k: _side(v, f"{what}[{k!r}]", source) for k, v in value.items()}
 
 
-def _parse_mean_std(value, what):
+def _finite_number(value, what, source, positive=False):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (positive and value <= 0)):
+        raise ConfigError(f"{source}: {what} must be a finite number{' > 0' if positive else ''}, "
+                          f"got {_show(value)}")
+    return float(value)
+
+
+def _parse_mean_std(value, what, source):
     values = list(value) if isinstance(value, (list, tuple)) else [value] * 3
-    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                   for v in values):
-        raise ConfigError(f"preprocessor config: {what} must be a number or a list of 3 numbers, "
-                          f"got {value!r}")
-    if what == "image_std" and any(v == 0 for v in values):
-        raise ConfigError(f"preprocessor config: image_std must not contain 0, got {value!r}")
-    return [float(v) for v in values]
+    if len(values) != 3:
+        raise ConfigError(f"{source}: {what} must be a number or a list of 3 numbers, "
+                          f"got {_show(value)}")
+    return [_finite_number(v, f"{what}[{i}]", source, positive=what == "image_std")
+            for i, v in enumerate(values)]
 
 
 def _shortest_edge_size(height, width, short_target):
@@ -176,13 +192,15 @@ class ImageProcessor:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_config(cls, preprocessor_config, family, image_size):
+    def from_config(cls, preprocessor_config, family, image_size,
+                    source="preprocessor config"):
         """Parse a ``preprocessor_config.json`` dict (current or legacy form) for ``family``.
 
         preprocessor_config: the JSON dict, or None for the hub convention
             (shortest_edge = image_size + 32, crop = image_size, BILINEAR).
         family: config.json ``model_type``: "mobilevit", "mobilevitv2" or "mobilenet_v2".
         image_size: config.json ``image_size`` (only used when the dict is None).
+        source: the file the dict came from, named in error messages.
         Keys left out (or null) take transformers' class defaults.  The legacy key
         ``do_flip_channels`` is ignored (as transformers does); ``size``/``crop_size``
         may be ints (legacy) or dicts.
@@ -191,46 +209,50 @@ class ImageProcessor:
         settings = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
                     for k, v in _CLASS_DEFAULTS[kind].items()}
         if preprocessor_config is None:
-            s = _positive_int(image_size, "image_size")
+            s = _side(image_size, "image_size", source)
             settings.update(size={"shortest_edge": s + 32}, crop_size={"height": s, "width": s},
                             resample=2)
             return cls(family, settings)
         if not isinstance(preprocessor_config, dict):
-            raise ConfigError(f"preprocessor config must be a JSON object (dict), got "
+            raise ConfigError(f"{source}: must be a JSON object (dict), got "
                               f"{type(preprocessor_config).__name__}")
         cfg = {k: v for k, v in preprocessor_config.items() if v is not None}
         default_to_square = bool(cfg.get("default_to_square", False))
         for key in _BOOL_KEYS:
             if key in cfg and key in settings:
                 if not isinstance(cfg[key], bool):
-                    raise ConfigError(f"preprocessor config: {key} must be true/false, "
-                                      f"got {cfg[key]!r}")
+                    raise ConfigError(f"{source}: {key} must be true/false, "
+                                      f"got {_show(cfg[key])}")
                 settings[key] = cfg[key]
         if "size" in cfg:
-            settings["size"] = _parse_size(cfg["size"], default_to_square, "size")
+            settings["size"] = _parse_size(cfg["size"], default_to_square, "size", source)
         if "crop_size" in cfg:
-            crop = _parse_size(cfg["crop_size"], True, "crop_size")
+            crop = _parse_size(cfg["crop_size"], True, "crop_size", source)
             if set(crop) != {"height", "width"}:
-                raise ConfigError(f"preprocessor config: crop_size needs 'height' and 'width', "
-                                  f"got {cfg['crop_size']!r}")
+                raise ConfigError(f"{source}: crop_size needs 'height' and 'width', "
+                                  f"got {_show(cfg['crop_size'])}")
             settings["crop_size"] = crop
         if "resample" in cfg:
             r = cfg["resample"]
             if (isinstance(r, bool) or not isinstance(r, (int, np.integer))
                     or int(r) not in RESAMPLE_NAMES):
-                raise ConfigError(f"preprocessor config: resample must be a PIL filter number "
-                                  f"{RESAMPLE_NAMES}, got {r!r}")
+                raise ConfigError(f"{source}: resample must be a PIL filter number "
+                                  f"{RESAMPLE_NAMES}, got {_show(r)}")
             settings["resample"] = int(r)
         if "rescale_factor" in cfg:
-            f = cfg["rescale_factor"]
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f):
-                raise ConfigError(f"preprocessor config: rescale_factor must be a number, "
-                                  f"got {f!r}")
-            settings["rescale_factor"] = float(f)
+            settings["rescale_factor"] = _finite_number(cfg["rescale_factor"], "rescale_factor",
+                                                        source, positive=True)
         for key in ("image_mean", "image_std"):
             if key in cfg:
-                settings[key] = _parse_mean_std(cfg[key], key)
-        return cls(family, settings)
+                settings[key] = _parse_mean_std(cfg[key], key, source)
+        processor = cls(family, settings)
+        lut = processor._value_table()
+        if not np.isfinite(lut).all():
+            raise ConfigError(f"{source}: rescale_factor={settings['rescale_factor']!r}, "
+                              f"image_mean={settings['image_mean']!r} and "
+                              f"image_std={settings['image_std']!r} map some pixel values "
+                              f"outside the float32 range")
+        return processor
 
     def to_dict(self):
         """The parsed settings as a current-format ``preprocessor_config.json`` dict."""
@@ -260,27 +282,47 @@ class ImageProcessor:
             return int(height * scale), int(width * scale)
         return s["height"], s["width"]
 
-    def _pil_resize(self, rgb, new_h, new_w):
-        """Pillow resize of an (H, W, 3) uint8 array -> (new_h, new_w, 3) uint8."""
+    def _pil_resize(self, rgb, new_h, new_w, why=None):
+        """Pillow resize of an (H, W, 3) uint8 array -> (new_h, new_w, 3) uint8.
+
+        The target size is checked against ``limits.MAX_IMAGE_PIXELS`` first, so a thin
+        strip cannot make the shortest-edge rule allocate gigabytes.
+        """
+        why = why or f"size={self.size}"
         if new_h <= 0 or new_w <= 0:
-            raise InputError(f"image of {rgb.shape[0]}x{rgb.shape[1]} pixels would be resized to "
-                             f"{new_h}x{new_w}; it is too thin for size={self.size}")
+            raise ImageError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels would be resized to "
+                             f"{new_w}x{new_h} ({why}); it is too thin")
+        check_pixel_count(new_h, new_w, f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels",
+                          f"would be resized ({why}) to")
         im = Image.fromarray(rgb).resize((new_w, new_h), resample=self.resample, reducing_gap=None)
         return np.asarray(im)                                        # (new_h, new_w, 3) uint8
 
+    def _value_table(self):
+        """(3, 256) float32: the value each uint8 level of each INPUT (RGB) channel becomes.
+
+        Rescale is float32(float64(v) * rescale_factor), normalize (v - mean) / std in
+        float32, exactly as transformers computes them element by element, so looking
+        the 256 levels up is bit-identical to computing on the image, and needs no
+        float64 copy of it.
+        """
+        with np.errstate(all="ignore"):           # overflow is checked for at load time
+            x = np.arange(256, dtype=np.float64)
+            x = (x * self.rescale_factor if self.do_rescale else x).astype(np.float32)  # (256,)
+            table = np.repeat(x[None], 3, axis=0)                                       # (3, 256)
+            if self.do_normalize_effective:
+                mean = np.array(self.image_mean, dtype=np.float32)[:, None]             # (3, 1)
+                std = np.array(self.image_std, dtype=np.float32)[:, None]
+                table = (table - mean) / std                                            # float32
+        return table
+
     def _to_values(self, hwc):
-        """Rescale / normalize / flip an (h, w, 3) image -> (3, h, w) float32."""
-        x = hwc
-        if self.do_rescale:
-            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)   # (h, w, 3)
-        if self.do_normalize_effective:
-            x = x.astype(np.float32, copy=False)
-            mean = np.array(self.image_mean, dtype=np.float32)
-            std = np.array(self.image_std, dtype=np.float32)
-            x = (x - mean) / std                                                   # float32
-        if self.do_flip_effective:
-            x = x[:, :, ::-1]                                                      # RGB -> BGR
-        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)        # (3, h, w)
+        """Rescale / normalize / flip an (h, w, 3) uint8 image -> (3, h, w) float32."""
+        table = self._value_table()                                                  # (3, 256)
+        order = (2, 1, 0) if self.do_flip_effective else (0, 1, 2)                   # BGR flip
+        out = np.empty((3,) + hwc.shape[:2], dtype=np.float32)                       # (3, h, w)
+        for c, src in enumerate(order):
+            np.take(table[src], hwc[:, :, src], out=out[c])
+        return out
 
     # ------------------------------------------------------------------ classification
     def preprocess(self, images):
@@ -318,7 +360,11 @@ class ImageProcessor:
                 raise InputError(f"size must be a positive int, None or 'native', got {size!r}")
             scale = 1.0
         else:
-            scale = _positive_int_input(size, "size") / max(height, width)
+            size = _positive_int_input(size, "size")
+            if size > limits.MAX_SIDE:
+                raise InputError(f"size must be at most {limits.MAX_SIDE} "
+                                 f"(tinymvit.limits.MAX_SIDE), got {size}")
+            scale = size / max(height, width)
         os_ = _positive_int_input(output_stride, "output_stride")
         if self.family == "mobilenet_v2":
             # OS*k + 1: every stride-2 TF-SAME conv sees an odd size, so output i sits on input OS*i
@@ -349,8 +395,9 @@ class ImageProcessor:
         rgb = load_image(image)                                                  # (H, W, 3)
         H, W = rgb.shape[:2]
         h, w = self.segmentation_input_size(H, W, size, output_stride=output_stride)
-        x = rgb if (h, w) == (H, W) else self._pil_resize(rgb, h, w)             # (h, w, 3)
-        pixel_values = self._to_values(x)[None]                                  # (1, 3, h, w)
+        if (h, w) != (H, W):
+            rgb = self._pil_resize(rgb, h, w, f"segmentation size={size}")          # (h, w, 3)
+        pixel_values = self._to_values(rgb)[None]                                # (1, 3, h, w)
         return pixel_values, SegmentationMeta((H, W), (h, w), int(output_stride))
 
 

@@ -18,7 +18,9 @@ An overlay blends each pixel of class ``k`` as ``(1 - alpha) * photo + alpha * p
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InputError
 from .images import load_image
+from .outputs import atomic_write, printable
 from .postprocess import label_name
 
 __all__ = ["palette", "save_label_png", "overlay", "class_fractions"]
@@ -28,7 +30,7 @@ def palette(num_classes=256):
     """The PASCAL VOC colour map: (num_classes, 3) uint8, row i = colour of class i."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 0:
-        raise ValueError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        raise InputError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     c = np.arange(num_classes, dtype=np.int64)          # (n,) remaining bits of each index
     pal = np.zeros((num_classes, 3), dtype=np.int64)     # (n, 3)
     for j in range(8):
@@ -41,10 +43,10 @@ def palette(num_classes=256):
 def _check_labels(labels, what="labels"):
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{what} must be a 2-D integer array (H, W), got shape {labels.shape} "
+        raise InputError(f"{what} must be a 2-D integer array (H, W), got shape {labels.shape} "
                          f"dtype {labels.dtype}")
     if labels.size and labels.min() < 0:
-        raise ValueError(f"{what} must be >= 0, found {labels.min()}")
+        raise InputError(f"{what} must be >= 0, found {labels.min()}")
     return labels
 
 
@@ -55,10 +57,11 @@ def save_label_png(labels, path, num_classes):
     With num_classes <= 256 the PNG is palette ("P") mode with the VOC colours, so it
     looks coloured in any viewer; with more classes it is 16-bit grey ("I;16").
     Either way ``np.array(Image.open(path)) == labels`` (the round trip is exact).
+    The file is written atomically (see :func:`tinymvit.outputs.atomic_write`).
     """
     labels = _check_labels(labels)
     if labels.size and labels.max() >= num_classes:
-        raise ValueError(f"labels contain {labels.max()}, which is not below "
+        raise InputError(f"labels contain {labels.max()}, which is not below "
                          f"num_classes={num_classes}")
     if num_classes <= 256:
         im = Image.fromarray(labels.astype(np.uint8))                # (H, W) indices, mode L
@@ -66,8 +69,8 @@ def save_label_png(labels, path, num_classes):
     elif num_classes <= 65536:
         im = Image.fromarray(labels.astype(np.uint16))               # mode I;16
     else:
-        raise ValueError(f"num_classes={num_classes}: a PNG label map holds at most 65536 classes")
-    im.save(path, format="PNG")
+        raise InputError(f"num_classes={num_classes}: a PNG label map holds at most 65536 classes")
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
     return path
 
 
@@ -113,10 +116,10 @@ def overlay(image_rgb, labels, id2label=None, alpha=0.5):
     photo = load_image(image_rgb)                                     # (H, W, 3) uint8
     labels = _check_labels(labels)
     if labels.shape != photo.shape[:2]:
-        raise ValueError(f"labels shape {labels.shape} does not match the image "
+        raise InputError(f"labels shape {labels.shape} does not match the image "
                          f"{photo.shape[:2]}")
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
     alpha = float(alpha)
     n = int(labels.max()) + 1 if labels.size else 1
     pal = palette(n)                                                  # (n, 3)
@@ -155,7 +158,7 @@ def _default_font(short_side):
 def _draw_legend(im, entries, margin=6, pad=4, gap=4):
     """Draw the legend box inside ``im`` if it fits, else on a strip below it."""
     font = _default_font(min(im.size))
-    texts = [_text(font, e["label"]) for e in entries]
+    texts = [_text(font, printable(e["label"])) for e in entries]
     measure = ImageDraw.Draw(im)
     boxes = [measure.textbbox((0, 0), t, font=font) for t in texts]
     line_h = max(12, max(b[3] for b in boxes) + 2)                    # row height (px)

@@ -3,7 +3,8 @@
 The model builders ask for every tensor by its transformers name and the shape
 the config implies; the store checks presence, dtype and shape, and remembers
 what was used so that tensors nobody asked for are reported too.  Errors name the
-tensor and the expected shape.
+tensor and the expected shape.  Values are checked too: NaN/Inf weights and negative
+BatchNorm variances are refused, naming the tensor and how many values are bad.
 """
 import numpy as np
 
@@ -18,10 +19,12 @@ class WeightStore:
         self.prefix = prefix          # e.g. "mobilevitv2." for models with a head
         self.source = source
         self.used = set()
+        self.last_key = None          # the tensor asked for last (names a layer in errors)
 
     def get(self, name, shape, backbone=True):
         """The float32 tensor ``name`` (relative to the backbone prefix when ``backbone``)."""
         key = (self.prefix + name) if backbone else name
+        self.last_key = key
         if key not in self.tensors:
             raise CheckpointError(
                 f"{self.source}: missing tensor '{key}' (expected float32 of shape "
@@ -35,8 +38,28 @@ class WeightStore:
             raise CheckpointError(
                 f"{self.source}: tensor '{key}' has shape {tuple(t.shape)}, expected "
                 f"{tuple(shape)} from the config")
+        if key not in self.used:
+            self._check_values(key, t)
         self.used.add(key)
         return t
+
+    def _check_values(self, key, t):
+        """NaN/Inf anywhere, or a negative BatchNorm variance, would silently turn every
+        output into NaN: refuse them, naming the tensor and how many values are bad."""
+        finite = np.isfinite(t)
+        if not finite.all():
+            nan = int(np.count_nonzero(np.isnan(t)))
+            inf = t.size - int(np.count_nonzero(finite)) - nan
+            raise CheckpointError(
+                f"{self.source}: tensor '{key}' holds {nan} NaN and {inf} infinite value(s) "
+                f"(of {t.size}); every weight must be finite - the checkpoint is damaged")
+        if key.endswith("running_var"):
+            negative = int(np.count_nonzero(t < 0))
+            if negative:
+                raise CheckpointError(
+                    f"{self.source}: tensor '{key}' holds {negative} negative value(s) (of "
+                    f"{t.size}, smallest {float(t.min()):g}); a BatchNorm running variance "
+                    f"must be >= 0 - the checkpoint is damaged")
 
     def has(self, name, backbone=True):
         return ((self.prefix + name) if backbone else name) in self.tensors

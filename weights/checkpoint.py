@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import limits
 from ..errors import CheckpointError
 
 FORMAT_NAME = "tinymvit"
@@ -28,11 +29,23 @@ class Checkpoint:
     config: dict              # config.json contents
     preprocessor_config: dict  # preprocessor_config.json contents, or None
     source: str               # what was read, for error messages
+    files: tuple = ()         # every file read (convert never writes over one of them)
+    config_source: str = None        # where the config came from, for error messages
+    preprocessor_source: str = None  # where the preprocessor config came from
+
+    def __post_init__(self):
+        self.config_source = self.config_source or f"{self.source} (config)"
+        self.preprocessor_source = (self.preprocessor_source
+                                    or f"{self.source} (preprocessor config)")
 
 
 def read_checkpoint(path):
     """Read ``path`` (folder or file) into a :class:`Checkpoint`; clear errors otherwise."""
     path = Path(path).expanduser()
+    try:
+        path.exists()
+    except (OSError, ValueError) as exc:        # a name too long, or holding a NUL byte
+        raise CheckpointError(f"{path}: cannot access this path ({exc})") from None
     if not path.exists():
         raise CheckpointError(
             f"no such checkpoint: {path} (expected a transformers checkpoint folder with "
@@ -42,35 +55,57 @@ def read_checkpoint(path):
     if path.suffix == ".safetensors":
         return _read_safetensors_file(path)
     if path.suffix == ".bin":
-        return Checkpoint(read_pytorch_bin(path), _read_json(path.parent / "config.json",
-                                                              required=True),
-                          _read_json(path.parent / "preprocessor_config.json"), str(path))
+        return _with_json_beside(read_pytorch_bin(path), path.parent, (path,), path)
     raise CheckpointError(
         f"{path}: not a checkpoint (expected a folder, a .safetensors file or a "
         f"pytorch_model.bin)")
 
 
+def _with_json_beside(tensors, folder, weight_files, source, config=None):
+    """A Checkpoint of ``tensors`` with ``folder``'s config.json / preprocessor_config.json."""
+    config_path, pre_path = folder / "config.json", folder / "preprocessor_config.json"
+    if config is None:
+        config = _read_json(config_path, required=True)
+    pre = _read_json(pre_path)
+    files = tuple(weight_files) + (config_path,) + ((pre_path,) if pre is not None else ())
+    return Checkpoint(tensors, config, pre, str(source), files=files,
+                      config_source=str(config_path), preprocessor_source=str(pre_path))
+
+
 def _read_folder(folder):
-    config = _read_json(folder / "config.json", required=True)
-    pre = _read_json(folder / "preprocessor_config.json")
+    config = _read_json(folder / "config.json", required=True)   # a missing config comes first
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     binary = folder / "pytorch_model.bin"
     if single.is_file():
-        tensors, _ = read_safetensors(single)
+        tensors, files = read_safetensors(single)[0], (single,)
     elif index.is_file():
-        tensors = {}
-        shards = sorted(set(_read_json(index, required=True).get("weight_map", {}).values()))
-        if not shards:
-            raise CheckpointError(f"{index}: no weight_map entries")
-        for shard in shards:
-            tensors.update(read_safetensors(folder / shard)[0])
+        tensors, files = {}, [index]
+        for shard in _shard_files(index):
+            tensors.update(read_safetensors(shard)[0])
+            files.append(shard)
     elif binary.is_file():
-        tensors = read_pytorch_bin(binary)
+        tensors, files = read_pytorch_bin(binary), (binary,)
     else:
         raise CheckpointError(
             f"{folder}: no weights found (looked for model.safetensors, "
             f"model.safetensors.index.json and pytorch_model.bin)")
-    return Checkpoint(tensors, config, pre, str(folder))
+    return _with_json_beside(tensors, folder, files, folder, config)
+
+
+def _shard_files(index):
+    """The shard paths a ``model.safetensors.index.json`` names: plain file names in its own
+    folder (a path leading elsewhere, e.g. '../x' or '/etc/x', is refused)."""
+    data = _read_json(index, required=True)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: expected a JSON object with a non-empty \"weight_map\" "
+                              f"object (tensor name -> shard file name)")
+    for name in weight_map.values():
+        if (not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")
+                or not name.endswith(".safetensors")):
+            raise CheckpointError(f"{index}: weight_map names the shard {name!r}; expected a "
+                                  f"file name ending in .safetensors in the same folder")
+    return [index.parent / name for name in sorted(set(weight_map.values()))]
 
 
 def _read_safetensors_file(path):
@@ -81,15 +116,14 @@ def _read_safetensors_file(path):
             raise CheckpointError(
                 f"{path}: tinymvit file format version {version} is not supported by this "
                 f"tinymvit (it reads version {FORMAT_VERSION}); re-convert the checkpoint")
-        try:
-            config = json.loads(metadata["config"])
-            pre = json.loads(metadata["preprocessor_config"]) \
-                if metadata.get("preprocessor_config") else None
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: damaged tinymvit metadata ({exc})") from None
-        if metadata.get("id2label"):
-            config = dict(config, id2label=json.loads(metadata["id2label"]))
-        return Checkpoint(tensors, config, pre, str(path))
+        config = _metadata_json(path, metadata, "config", required=True)
+        pre = _metadata_json(path, metadata, "preprocessor_config")
+        id2label = _metadata_json(path, metadata, "id2label")
+        if id2label:
+            config = dict(config, id2label=id2label)
+        return Checkpoint(tensors, config, pre, str(path), files=(path,),
+                          config_source=f"{path} (metadata 'config')",
+                          preprocessor_source=f"{path} (metadata 'preprocessor_config')")
     # A plain transformers model.safetensors: its config must sit beside it.
     config_path = path.parent / "config.json"
     if not config_path.is_file():
@@ -97,8 +131,26 @@ def _read_safetensors_file(path):
             f"{path}: this .safetensors file has no tinymvit metadata and there is no "
             f"config.json beside it; pass the checkpoint folder, or convert it with "
             f"`tinymvit convert FOLDER {path.stem}-tinymvit.safetensors`")
-    return Checkpoint(tensors, _read_json(config_path, required=True),
-                      _read_json(path.parent / "preprocessor_config.json"), str(path))
+    return _with_json_beside(tensors, path.parent, (path,), path)
+
+
+def _metadata_json(path, metadata, key, required=False):
+    """A JSON object stored as text under ``key`` in a tinymvit file's metadata (or None)."""
+    text = metadata.get(key)
+    if not text:
+        if required:
+            raise CheckpointError(f"{path}: damaged tinymvit metadata: no '{key}' entry; "
+                                  f"re-convert the checkpoint")
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: damaged tinymvit metadata: '{key}' is not valid JSON "
+                              f"({exc}); re-convert the checkpoint") from None
+    if value is not None and not isinstance(value, dict):
+        raise CheckpointError(f"{path}: damaged tinymvit metadata: '{key}' must be a JSON "
+                              f"object, got {type(value).__name__}; re-convert the checkpoint")
+    return value
 
 
 def read_safetensors(path):
@@ -152,6 +204,11 @@ def _read_json(path, required=False):
                                   f"checkpoint folder has one)")
         return None
     try:
+        size = path.stat().st_size
+        if size > limits.MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {size} bytes is too large for a JSON config file "
+                                  f"(limit {limits.MAX_JSON_BYTES} bytes, "
+                                  f"tinymvit.limits.MAX_JSON_BYTES)")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None

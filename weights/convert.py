@@ -11,25 +11,28 @@ inspectable copy of the checkpoint); the safetensors metadata holds:
     id2label             the class names, as JSON text
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+from ..outputs import atomic_write, check_output_paths
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION
 
 
 def save_tinymvit_file(checkpoint, dst):
-    """Write ``checkpoint`` (a :class:`Checkpoint`) to ``dst`` atomically."""
+    """Write ``checkpoint`` (a :class:`Checkpoint`) to ``dst`` atomically.
+
+    ``dst`` may not be one of the files the checkpoint was read from; an existing ``dst``
+    is only replaced once the new file is completely written.
+    """
     from safetensors.numpy import save_file
 
     dst = Path(dst).expanduser()
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"{dst}: the output file name must end in .safetensors")
-    if dst.is_dir():
-        raise CheckpointError(f"{dst}: is a folder; give a file name ending in .safetensors")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    check_output_paths([(dst, "the converted file")],
+                       [(f, "the checkpoint file") for f in checkpoint.files])
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -40,13 +43,4 @@ def save_tinymvit_file(checkpoint, dst):
         metadata["preprocessor_config"] = json.dumps(checkpoint.preprocessor_config,
                                                      sort_keys=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in checkpoint.tensors.items()}
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise CheckpointError(f"could not write {dst}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dst
+    return atomic_write(dst, lambda tmp: save_file(tensors, tmp, metadata=metadata))

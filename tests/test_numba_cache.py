@@ -1,0 +1,133 @@
+"""The kernels' on-disk cache in hostile environments (issue 7): a read-only install run by
+a user without a home folder, no writable folder at all, and damaged cache files.
+
+Each case runs in a fresh process on a copy of the package, so the cache location is
+decided from scratch.  "Unwritable" is made so that it holds for root too: the kernels'
+``__pycache__`` is a regular file and HOME / XDG_CACHE_HOME lie under /dev/null.
+"""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tinymvit
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_RUN = (
+    "import numpy as np\n"
+    "from tinymvit.kernels import pooling\n"
+    "x = np.arange(48, dtype=np.float32).reshape(1, 4, 4, 3)\n"
+    "out = np.empty((1, 3), np.float32)\n"
+    "pooling.global_avg_pool(x, out)\n"
+    "print(out.tolist())\n")
+EXPECTED = "[[22.5, 23.5, 24.5]]"
+
+
+@pytest.fixture(scope="module")
+def read_only_install(tmp_path_factory):
+    """A copy of the package laid out as installed, which nobody can write."""
+    root = tmp_path_factory.mktemp("install")
+    package = root / "tinymvit"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "tinymvit", package, ignore=ignore)
+    shutil.copytree(REPO / "kernels", package / "kernels", ignore=ignore)
+    shutil.copytree(REPO / "weights", package / "weights", ignore=ignore)
+    (package / "kernels" / "__pycache__").write_text("not a folder")
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield root
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def _run(code, env_changes, pythonpath=None, cwd=None):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUMBA_CACHE") and k not in ("TINYMVIT_DEBUG", "PYTHONPATH")}
+    env.update(env_changes)
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=str(pythonpath or cwd))
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines(), res.stderr.strip().splitlines()
+
+
+def _kernels_hash():
+    from tinymvit.kernels.policy import source_hash
+    return source_hash()
+
+
+def test_read_only_install_caches_under_the_temp_folder(read_only_install, tmp_path):
+    env = {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache", "TMPDIR": str(tmp_path)}
+    code = "import tinymvit\nprint(tinymvit.__file__)\n" + KERNEL_RUN
+    private = tmp_path / f"tinymvit-numba-{os.getuid()}"
+    cache = private / f"tinymvit-{_kernels_hash()}"
+    kernels = read_only_install / "tinymvit" / "kernels"
+    for _ in range(2):                                       # compiles, then loads the cache
+        out, err = _run(code, env, read_only_install)
+        assert out == [str(read_only_install / "tinymvit" / "__init__.py"), EXPECTED]
+        assert err == [f"tinymvit: cannot write the kernel cache to "
+                       f"{kernels / '__pycache__' / cache.name} and "
+                       f"/dev/null/cache/tinymvit/{cache.name}: caching compiled kernels in "
+                       f"{cache} (set NUMBA_CACHE_DIR to choose)"]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert list(cache.glob("pooling.pool_job-*.nbc"))
+
+
+def test_a_temp_folder_of_another_user_is_never_used(read_only_install, tmp_path):
+    planted = tmp_path / f"tinymvit-numba-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)                                     # anyone could have put code here
+    env = {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache", "TMPDIR": str(tmp_path)}
+    out, err = _run("import tinymvit\n" + KERNEL_RUN, env, read_only_install)
+    assert out == [EXPECTED] and len(err) == 1 and "kernels are compiled in every process" in err[0]
+    assert list(planted.iterdir()) == []
+
+
+def test_nothing_writable_runs_uncached(read_only_install):
+    env = {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache"}
+    code = "import tempfile\ntempfile.tempdir = '/dev/null/tmp'\nimport tinymvit\n" + KERNEL_RUN
+    out, err = _run(code, env, read_only_install)
+    assert out == [EXPECTED]
+    assert len(err) == 1 and err[0].startswith("tinymvit: no writable folder for the kernel cache")
+    assert err[0].endswith("the temp folder): kernels are compiled in every process; set "
+                           "NUMBA_CACHE_DIR to a writable folder to cache them")
+
+
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory):
+    """A NUMBA_CACHE_DIR holding the compiled pooling kernel."""
+    folder = tmp_path_factory.mktemp("warm") / "cache"
+    out, err = _run(KERNEL_RUN, {"NUMBA_CACHE_DIR": str(folder)}, cwd=folder.parent)
+    assert out == [EXPECTED] and err == []
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncate-index", "truncate-data", "garbage-data"])
+def test_a_damaged_cache_file_is_dropped_and_rebuilt(warm_cache, tmp_path, damage):
+    shutil.copytree(warm_cache, tmp_path / "cache")
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = lambda: _run(KERNEL_RUN, env, cwd=tmp_path)  # noqa: E731
+    index = next(tmp_path.glob("cache/*/pooling.pool_job-*.nbi"))
+    data = next(tmp_path.glob("cache/*/pooling.pool_job-*.nbc"))
+    if damage == "truncate-index":
+        index.write_bytes(index.read_bytes()[:10])
+    elif damage == "truncate-data":
+        data.write_bytes(data.read_bytes()[:100])
+    else:
+        data.write_bytes(os.urandom(3000))
+    out, err = run()
+    assert out == [EXPECTED]
+    assert len(err) == 1 and err[0].startswith("tinymvit: dropped a damaged kernel cache entry")
+    assert str(index.parent) in err[0]
+    out, err = run()                                         # rebuilt: silent again
+    assert out == [EXPECTED] and err == []
+
+
+def test_the_kernels_cache_folder_is_reported():
+    assert tinymvit.kernels.CACHE_DIR is None or os.path.isdir(tinymvit.kernels.CACHE_DIR)
