@@ -18,6 +18,14 @@ How the pieces fit (read in this order):
                        ``batchnorm``: each one's maths, its op (a ``*_job`` function
                        and a planner), a standalone call for tests, and its reference.
 """
-from . import policy
 
-CACHE_DIR = policy.CACHE_DIR    # where compiled kernels are cached (None: not cached)
+
+def __getattr__(name):
+    # CACHE_DIR: where compiled kernels are cached (None: not cached).  Looked up lazily: this
+    # folder sits at the top of the repository, where ``python -m pytest`` puts it on sys.path,
+    # and transformers probes for a PyPI package called ``kernels`` by importing it; importing
+    # this package must then have no side effects.
+    if name == "CACHE_DIR":
+        from .policy import CACHE_DIR
+        return CACHE_DIR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

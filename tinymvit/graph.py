@@ -481,21 +481,20 @@ class Plan:
             out = self.tensors[node.output] = Tensor(owner[node.output][0], shape)
             ins = [self.tensors[name] for name in node.inputs]
             n_scratch = node.scratch_size([t.shape for t in ins], shape, node_args, threads)
-            scratch = None
+            scratch, node_scratch = None, []
             if n_scratch:
-                place = take(n_scratch)
-                scratch = Tensor(place[0], (n_scratch,))
-                free.append(place)                     # free again after this node
-            steps, op_scratch = [], []
+                node_scratch.append(take(n_scratch))
+                scratch = Tensor(node_scratch[0][0], (n_scratch,))
+            steps = []
             for step in node.steps(ins, out, node_args, scratch, threads):
                 if isinstance(step, program.Op):
                     if step.scratch:                   # each worker's scratch space
-                        op_scratch.append(take(step.scratch * threads))
-                        step.scratch_off = op_scratch[-1][0]
+                        node_scratch.append(take(step.scratch * threads))
+                        step.scratch_off = node_scratch[-1][0]
                     ops.append(step)
                     step = ("ops", len(ops) - 1, len(ops))
                 steps.append(step)
-            free.extend(op_scratch)
+            free.extend(node_scratch)                  # free again after this node
             self.node_steps.append((node, _merged(steps)))
             dead = {name for name in node.inputs if last_use[name] == idx}
             if node.output not in last_use:
