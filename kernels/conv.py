@@ -26,7 +26,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .pointwise import act_reference_f64, check_activation, pack_panels, plan_jobs, store_tile
+from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
+                        pack_panels, plan_jobs, store_tile)
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, zero_floats
 from .workers import default_threads
@@ -125,17 +126,18 @@ def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stri
                 img += 1
 
 
-# fields of a "conv" op row, after [code, jobs]
+# fields of a "conv" op row, after [code, jobs]; mc: output pixels (im2col) or rows (direct)
+# per job, pg: panels per job
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
-               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg")
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct")
+DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps are read in place
 
 
-@job
-def conv_job(pa, a_size, pw, w_size, pp, j, worker):
-    """Job j of a conv op: mc output pixels x pg panels -- gather their im2col rows into a
-    small buffer (zeros in the padding), then run the register tiles over the runs of
-    consecutive taps that read real input for the tile."""
-    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+@helper
+def _im2col_chunk(A, W, p, j, worker):
+    """Job j of an im2col conv op: mc output pixels x pg panels -- gather their im2col rows
+    into the job's scratch (zeros in the padding), then run the register tiles over the
+    runs of consecutive taps that read real input for the tile."""
     x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
@@ -182,6 +184,72 @@ def conv_job(pa, a_size, pw, w_size, pp, j, worker):
             store_tile(acc, nrows, A, o, cout, ncols, W, b_off + n0, act, A, o, False)
 
 
+@helper
+def _direct_rows(A, W, p, j):
+    """Job j of a direct conv op: a band of mc output rows of one image x pg panels.  Tap by
+    tap, the register tiles read the input pixels straight from x (a row of output pixels
+    reads a row of input pixels, ``stride * cin`` floats apart) -- only the pixels whose tap
+    lies inside the input -- and add their products into the output; then bias and
+    activation.  No im2col copy, and taps that read only padding cost nothing."""
+    x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+                                                       p[9], p[10])
+    kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
+    pad_t, pad_l, mc, pg = p[18], p[19], p[20], p[21]
+    n_panels = (cout + NR - 1) // NR
+    n_groups = (n_panels + pg - 1) // pg
+    bands = (ho + mc - 1) // mc
+    group = j % n_groups
+    n = (j // n_groups) // bands
+    i_lo = ((j // n_groups) % bands) * mc
+    i_hi = min(ho, i_lo + mc)
+    p_lo = group * pg
+    p_hi = min(n_panels, p_lo + pg)
+    c_lo = p_lo * NR
+    c_hi = min(cout, p_hi * NR)
+    kt = kh * kw * cin
+    acc = stack_buffer(TILE)
+    for i in range(i_lo, i_hi):                         # start from zero
+        for jj in range(wo):
+            zero_floats(A, o_off + ((n * ho + i) * wo + jj) * cout + c_lo, c_hi - c_lo)
+    for a in range(kh):
+        for b in range(kw):
+            # output columns whose tap (a, b) reads a real input column: [j_lo, j_hi)
+            shift = b * dil - pad_l
+            j_lo = max(0, (-shift + stride - 1) // stride)
+            j_hi = min(wo, (w_in - 1 - shift) // stride + 1)
+            if j_hi <= j_lo:
+                continue
+            tap = (a * kw + b) * cin
+            for pp in range(p_lo, p_hi):
+                n0 = pp * NR
+                ncols = min(NR, cout - n0)
+                for i in range(i_lo, i_hi):
+                    ih = i * stride - pad_t + a * dil
+                    if ih < 0 or ih >= h:
+                        continue
+                    x_row = x_off + ((n * h + ih) * w_in + shift) * cin
+                    o_row = o_off + ((n * ho + i) * wo) * cout + n0
+                    for j0 in range(j_lo, j_hi, MR):
+                        rows = min(MR, j_hi - j0)
+                        gemm_tile(acc, A, x_row + j0 * stride * cin, stride * cin, rows, W,
+                                  w_off + pp * kt * NR + tap * NR, cin, False)
+                        add_tile(acc, rows, A, o_row + j0 * cout, cout, ncols)
+    for i in range(i_lo, i_hi):
+        for jj in range(wo):
+            o = o_off + ((n * ho + i) * wo + jj) * cout
+            bias_act_channels(A, o, c_lo, c_hi, W, b_off, act)
+
+
+@job
+def conv_job(pa, a_size, pw, w_size, pp, j, worker):
+    """Job j of a conv op (im2col for few input channels, direct for many: see conv_op)."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    if p[22]:
+        _direct_rows(A, W, p, j)
+    else:
+        _im2col_chunk(A, W, p, j, worker)
+
+
 def check_maps(x_shape, out_shape, cin, cout):
     """x (N, H, W, cin) and out (N, Ho, Wo, cout)."""
     check(len(x_shape) == 4 and len(out_shape) == 4, "x and out must be (N, H, W, C) maps")
@@ -215,11 +283,23 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     _, ho, wo, cout = out_shape
     m = n * ho * wo
     kt = wp.kh * wp.kw * cin
-    # the im2col chunk (MC x kh*kw*Cin floats, <= 256 KiB) stays in L2
-    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), wp.panels.shape[0], threads)
+    panels = wp.panels.shape[0]
     from .program import Op
+    if cin >= DIRECT_MIN_CHANNELS:
+        # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
+        # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
+        band = max(1, min(ho, 65536 // max(1, w * cin)))
+        band = -(-ho // max(1, -(-ho // band)))           # equal bands
+        jobs_rows = n * -(-ho // band)
+        groups = min(panels, max(1, -(-4 * threads // jobs_rows))) if threads > 1 else 1
+        pg = -(-panels // groups)
+        return Op("conv", jobs_rows * -(-panels // pg),
+                  (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
+                   stride, dilation, pad_top, pad_left, band, pg, True))
+    # the im2col chunk (MC x kh*kw*Cin floats, <= 256 KiB) stays in L2
+    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), panels, threads)
     return Op("conv", jobs, (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off,
-                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg),
+                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg, False),
               scratch=mc * kt + (mc // MR + 1) * wp.kh * wp.kw)
 
 

@@ -37,13 +37,13 @@ neighbouring jobs both produce (one or two per job).
 """
 import numpy as np
 
-from .activations import ACT_NONE, vact
+from .activations import ACT_NONE
 from .conv import check_bias, check_geometry, check_maps, pad_for_output
-from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, gemm_block,
-                        pointwise_reference)
+from .pointwise import (PointwiseWeight, act_reference_f64, bias_act_channels, check_activation,
+                        gemm_block, pointwise_reference)
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (DW_PIX, NR, VEC, copy_floats, stack_buffer_i64, zero_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n, vadd, vload, vload_n,
-                   vstore, vstore_n)
+from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n,
+                   stack_buffer_i64, zero_floats)
 from .workers import default_threads
 
 
@@ -58,20 +58,6 @@ def prepare_depthwise_weight(w):
 
 
 # ---------------------------------------------------------------- one output row
-@helper
-def bias_act(x, off, count, c, w, b_off, act):
-    """x.flat[off + i] = act(x.flat[off + i] + bias[i % c]) for i < count (rows of c channels
-    at off; bias at w.flat[b_off])."""
-    for r in range(off, off + count, c):
-        for c0 in range(0, c - VEC + 1, VEC):
-            vstore(x, r + c0, vact(vadd(vload(x, r + c0), vload(w, b_off + c0)), act))
-        left = c % VEC
-        if left:
-            c0 = c - left
-            vstore_n(x, r + c0, vact(vadd(vload_n(x, r + c0, left),
-                                          vload_n(w, b_off + c0, left)), act), left)
-
-
 @helper
 def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s, d):
     """One output row (wo pixels x c channels) into dst.flat[d_off:], from padded rows of src.
@@ -96,7 +82,8 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
             if c_full < c:
                 dw_pixel_n(dst, o, src, offs, j * s, w, w_off, kh, kw, c, c_full, c, s, d)
             j += 1
-    bias_act(dst, d_off, wo * c, c, w, b_off, act)
+    for o in range(d_off, d_off + wo * c, c):
+        bias_act_channels(dst, o, 0, c, w, b_off, act)
 
 
 # ---------------------------------------------------------------- the separable op

@@ -92,6 +92,35 @@ def store_tile(acc, rows, out, o_off, ldo, ncols, w, b_off, act, res, r_off, has
 
 
 @helper
+def add_tile(acc, rows, out, o_off, ldo, ncols):
+    """out.flat[o_off + i*ldo + j] += acc[i*NR + j] for i < rows, j < ncols (<= NR)."""
+    for i in range(rows):
+        for v in range(NV):
+            left = ncols - v * VEC
+            if left <= 0:
+                break
+            oi = o_off + i * ldo + v * VEC
+            if left >= VEC:
+                vstore(out, oi, vadd(vload(out, oi), vload(acc, i * NR + v * VEC)))
+            else:
+                vstore_n(out, oi, vadd(vload_n(out, oi, left), vload(acc, i * NR + v * VEC)),
+                         left)
+
+
+@helper
+def bias_act_channels(x, off, c_lo, c_hi, w, b_off, act):
+    """x.flat[off + c] = act(x.flat[off + c] + w.flat[b_off + c]) for c in [c_lo, c_hi)."""
+    c = c_lo
+    while c + VEC <= c_hi:
+        vstore(x, off + c, vact(vadd(vload(x, off + c), vload(w, b_off + c)), act))
+        c += VEC
+    if c < c_hi:
+        left = c_hi - c
+        vstore_n(x, off + c, vact(vadd(vload_n(x, off + c, left), vload_n(w, b_off + c, left)),
+                                  act), left)
+
+
+@helper
 def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_off, ldo, res,
                r_off, has_res):
     """Rows 0..m of ``out = act(A @ W.T + bias) (+ res)``, for the panels p_lo..p_hi.

@@ -124,6 +124,9 @@ CONV_CASES = [  # (N, H, W, Cin, Cout, k, stride, dilation, tf_padding)
     (1, 9, 9, 130, 33, 3, 1, 1, False), (1, 6, 6, 600, 20, 3, 1, 1, False),
     (2, 7, 9, 12, 20, 1, 1, 1, False), (1, 11, 11, 8, 12, 5, 2, 1, True),
     (1, 4, 4, 1, 5, 3, 1, 1, False), (1, 1, 1, 40, 16, 3, 1, 1, False),
+    # direct path (Cin >= 32): stride 2 with TF padding, batch 2, dilation past the map
+    (2, 13, 11, 48, 40, 3, 2, 1, True), (2, 9, 10, 32, 20, 3, 1, 2, False),
+    (1, 5, 7, 33, 17, 5, 2, 3, True), (3, 3, 3, 64, 70, 3, 1, 4, False),
 ]
 
 
