@@ -16,12 +16,14 @@ vectorisation.
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
+
+from .lazy import LazyModule, intrinsic
 
 from .policy import arenas, check, check_array, helper, job
 from .simd import vadd, vfloor, vfma, vmax, vmin, vmul, vpow2i, vrcp, vsplat, vsub
+
+ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
+types = LazyModule("numba.core.types")
 
 ACT_NONE = 0
 ACT_RELU = 1

@@ -13,12 +13,9 @@ the conv is linear in its weights and output channel c only uses ``w[c]``:
 
 So every conv+BN pair of these models becomes one conv with ``w'``, ``b'``
 computed once at load time (in float64, then rounded to float32).
-:func:`batchnorm` is the standalone kernel, used by the tests to show the
-folding is exact.
+The tests show with :func:`batchnorm_reference` that the folding is exact.
 """
 import numpy as np
-
-from .policy import check, check_array, kernel
 
 
 def _scale_shift(gamma, beta, mean, var, eps):
@@ -43,25 +40,6 @@ def fold_batchnorm(w, b, gamma, beta, mean, var, eps):
     w_f = w64 * scale.reshape((cout,) + (1,) * (w64.ndim - 1))    # (Cout, ...)
     b_f = scale * b64 + shift                                      # (Cout,)
     return w_f.astype(np.float32), b_f.astype(np.float32)
-
-
-@kernel
-def _affine_rows(x2, scale, shift, out2):
-    for m in range(x2.shape[0]):
-        for c in range(x2.shape[1]):
-            out2[m, c] = x2[m, c] * scale[c] + shift[c]
-
-
-def batchnorm(x, gamma, beta, mean, var, eps, out):
-    """Standalone inference BatchNorm on channels-last x (..., C) into ``out``; returns ``out``."""
-    check_array(x, "x")
-    check_array(out, "out")
-    check(out.shape == x.shape, f"out shape {out.shape} != x shape {x.shape}")
-    scale, shift = _scale_shift(gamma, beta, mean, var, eps)
-    c = x.shape[-1]
-    _affine_rows(x.reshape(-1, c), scale.astype(np.float32), shift.astype(np.float32),
-                 out.reshape(-1, c))
-    return out
 
 
 def batchnorm_reference(x, gamma, beta, mean, var, eps):

@@ -23,9 +23,8 @@ Each kernel family provides, in its own module, a ``*_job(A, W, p, j)`` function
 one-op program around their arrays with :func:`run_ops`.
 """
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
+
+from .lazy import LazyModule, intrinsic
 
 from .activations import activation_job
 from .attention_mha import mha_job
@@ -36,8 +35,9 @@ from .layout import nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
-from .policy import OP_FIELDS, SCRATCH, check, kernel
+from .policy import OP_FIELDS, SCRATCH, check, entry, numba
 from .pooling import pool_job
+from .resize import resize_job
 from .workers import POOL, barrier, default_threads, next_job
 
 FIELDS = OP_FIELDS     # int64 fields per op row: [op code, jobs, the op's own fields...]
@@ -46,7 +46,7 @@ ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a c
 # op name -> code; the codes are the branches of run_job below
 CODES = {"gemm": 1, "conv": 2, "separable": 3, "group_norm": 4, "layer_norm": 5,
          "separable_attention": 6, "mha": 7, "unfold": 8, "fold": 9, "pool": 10,
-         "nchw_to_nhwc": 11, "activation": 12}
+         "nchw_to_nhwc": 11, "activation": 12, "resize": 13}
 
 
 class Op:
@@ -101,70 +101,97 @@ class Arena:
         return flat
 
 
+ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
+types = LazyModule("numba.core.types")
+
+
 # ---------------------------------------------------------------- the executor
 JOBS = {"gemm": gemm_job, "conv": conv_job, "separable": separable_job,
         "group_norm": group_norm_job, "layer_norm": layer_norm_job,
         "separable_attention": separable_attention_job, "mha": mha_job, "unfold": unfold_job,
         "fold": fold_job, "pool": pool_job, "nchw_to_nhwc": nchw_to_nhwc_job,
-        "activation": activation_job}
+        "activation": activation_job, "resize": resize_job}
+
+
+N_CODES = max(CODES.values()) + 1
 
 
 def job_addresses(ops):
     """int64 array: code -> address of the compiled job function, for the ops' kinds only
     (the first use of a kind compiles it, or loads it from the cache)."""
-    table = np.zeros(max(CODES.values()) + 1, np.int64)
+    table = np.zeros(N_CODES, np.int64)
     for kind in {op.kind for op in ops}:
         table[CODES[kind]] = JOBS[kind].address
     return table
 
 
 @intrinsic
-def call_job(typingctx, address, A, W, p, j, worker):
-    """Call the job function at ``address`` (a C function, see policy.JOB_SIGNATURE)."""
+def call_job(typingctx, address, pa, a_size, pw, w_size, prog, i, j, worker):
+    """Call the job function at ``address`` (a C function, see policy.JOB_SIGNATURE) for
+    row i of the op table ``prog``."""
     def codegen(context, builder, sig, args):
         i64, f32p = ir.IntType(64), ir.FloatType().as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [f32p, i64, f32p, i64, i64.as_pointer(), i64, i64])
-        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[1:4],
-                                                                             args[1:4])]
-        size = lambda a: builder.extract_value(a.shape, 0)  # noqa: E731
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        builder.call(fn, [arrays[0].data, size(arrays[0]), arrays[1].data, size(arrays[1]),
-                          arrays[2].data, context.cast(builder, args[4], sig.args[4], types.int64),
-                          context.cast(builder, args[5], sig.args[5], types.int64)])
+        as_i64 = lambda k: context.cast(builder, args[k], sig.args[k], types.int64)  # noqa: E731
+        table = context.make_array(sig.args[5])(context, builder, args[5]).data
+        row = builder.gep(table, [builder.mul(as_i64(6), ir.Constant(i64, OP_FIELDS))])
+        fn = builder.inttoptr(as_i64(0), fnty.as_pointer())
+        builder.call(fn, [args[1], as_i64(2), args[3], as_i64(4), row, as_i64(7), as_i64(8)])
         return context.get_dummy_value()
-    return types.void(address, A, W, p, j, worker), codegen
+    return types.void(address, pa, a_size, pw, w_size, prog, i, j, worker), codegen
 
 
-@kernel(nogil=True)
-def execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
-    """Ops first..last of the table ``prog`` on the arenas A (activations) and W (weights),
-    as worker ``worker`` of ``n_workers``: the workers take turns at each op's jobs
-    (counter sync[1 + op]) and wait for each other before the next op (sync[0]).
-    ``jobs``: the job functions' addresses by op code (:func:`job_addresses`)."""
+EXECUTE_SIGNATURE = ("void(CPointer(float32), int64, CPointer(float32), int64, CPointer(int64), "
+                     "int64, CPointer(int64), int64, int64, CPointer(int64), int64, int64)")
+
+
+@entry(EXECUTE_SIGNATURE)
+def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers):
+    """Ops first..last of the op table (n_ops rows at pprog) on the arenas A and W, as
+    worker ``worker`` of ``n_workers``: the workers take turns at each op's jobs (counter
+    sync[1 + op]) and wait for each other before the next op (sync[0]).  pjobs: the job
+    functions' addresses by op code (:func:`job_addresses`)."""
+    prog = numba.carray(pprog, (n_ops, OP_FIELDS))
+    jobs = numba.carray(pjobs, (N_CODES,))
+    sync = numba.carray(psync, (2 + last - first,))
     for i in range(first, last):
-        p = prog[i]
-        address = jobs[p[0]]
+        address = jobs[prog[i, 0]]
+        n_jobs = prog[i, 1]
         if n_workers == 1:
-            for j in range(p[1]):
-                call_job(address, A, W, p, j, worker)
+            for j in range(n_jobs):
+                call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
             continue
         while True:
             j = next_job(sync, 1 + i - first)
-            if j >= p[1]:
+            if j >= n_jobs:
                 break
-            call_job(address, A, W, p, j, worker)
+            call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
         barrier(sync, 1 + i - first, n_workers)
+
+
+_EXECUTE = []      # the ctypes function for execute (made on first use)
+
+
+def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
+    """Call :func:`execute` (through ctypes, which releases the GIL during the call)."""
+    if not _EXECUTE:
+        import ctypes
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        proto = ctypes.CFUNCTYPE(None, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64)
+        _EXECUTE.append(proto(execute.address))
+    _EXECUTE[0](A.ctypes.data, A.size, W.ctypes.data, W.size, prog.ctypes.data, prog.shape[0],
+                jobs.ctypes.data, first, last, sync.ctypes.data, worker, n_workers)
 
 
 def run_program(A, W, prog, jobs, first, last, threads=1):
     """Run ops first..last of ``prog`` on ``threads`` threads (jobs: :func:`job_addresses`)."""
-    POOL.run(execute, (A, W, prog, jobs, first, last), threads, 2 + last - first)
+    POOL.run(_execute, (A, W, prog, jobs, first, last), threads, 2 + last - first)
 
 
-def run_ops(ops, A, W, threads=None):
-    """Run a list of Ops on arena arrays A and W (the standalone kernels' entry point);
-    ``threads`` defaults to every core the process may use.  Returns A (the ops' scratch
-    space is appended to it)."""
+def bind_ops(ops, A, W, threads=None):
+    """Plan a list of Ops on arena arrays A and W once: returns (A, run), ``run()`` running
+    them (A grows by the ops' scratch space).  ``threads`` defaults to every core the
+    process may use.  The standalone kernels (and benchmarks) use this."""
     threads = threads or default_threads()
     size = A.size
     for op in ops:
@@ -172,5 +199,12 @@ def run_ops(ops, A, W, threads=None):
         size += op.scratch * threads
     if size > A.size:
         A = np.concatenate([A, np.empty(size - A.size, np.float32)])
-    run_program(A, W, table(ops), job_addresses(ops), 0, len(ops), threads)
+    prog, jobs = table(ops), job_addresses(ops)
+    return A, lambda: run_program(A, W, prog, jobs, 0, len(ops), threads)
+
+
+def run_ops(ops, A, W, threads=None):
+    """Run a list of Ops on arena arrays A and W once; returns A (see :func:`bind_ops`)."""
+    A, run = bind_ops(ops, A, W, threads)
+    run()
     return A

@@ -35,63 +35,12 @@ gathers and blends rows.  Only the way the source coordinate is computed differs
 
 Each public kernel has a plain NumPy reference (``*_reference``) used by the tests.
 """
-from functools import lru_cache
-
 import numpy as np
 
-from .policy import check, check_array, helper, kernel
-from .workers import POOL, default_threads, next_job
+from .policy import arenas, check, check_array, helper, job, scratch
 
 
-# ----------------------------------------------------------------------------- taps
-def _finish_taps(src, in_size):
-    """Turn float32 source coordinates (already >= 0) into bilinear taps, like ATen.
-
-    Returns ``(i0, i1, w0, w1)``: int64 indices and float32 weights, one per output index.
-    """
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)            # (out,)
-    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))  # (out,) float32
-    i1 = i0 + (i0 < in_size - 1)                                            # (out,)
-    w0 = np.float32(1) - w1                                                 # (out,) float32
-    return i0, i1, w0.astype(np.float32), w1.astype(np.float32)
-
-
-@lru_cache(maxsize=256)
-def torch_bilinear_taps(in_size, out_size, align_corners):
-    """Per-axis taps of PyTorch's bilinear interpolation (cached; arrays are read-only).
-
-    Returns ``(i0, i1, w0, w1)``, each of shape (out_size,): int64 indices, float32 weights.
-    """
-    dst = np.arange(out_size)
-    if align_corners:
-        if out_size > 1:
-            scale = np.float32(in_size - 1) / np.float32(out_size - 1)
-        else:
-            scale = np.float32(0)
-        src = scale * dst.astype(np.float32)                           # one float32 product
-    else:
-        scale = np.float32(in_size) / np.float32(out_size)
-        # scale*(dst+0.5) - 0.5 is exact in float64, so casting once = one rounding (an FMA)
-        src = np.maximum(np.float64(scale) * (dst + 0.5) - 0.5, 0.0).astype(np.float32)
-    taps = _finish_taps(src, in_size)
-    for a in taps:
-        a.setflags(write=False)
-    return taps
-
-
-def mapped_bilinear_taps(in_size, out_size, scale, offset):
-    """Taps for ``src = clamp(i * scale + offset, 0, in_size - 1)`` (float64 coordinates).
-
-    Returns ``(i0, i1, w0, w1)``, each of shape (out_size,): int64 indices, float32 weights.
-    """
-    src = np.clip(np.arange(out_size) * float(scale) + float(offset), 0.0, in_size - 1)  # float64
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam = src - i0                                                       # float64 in [0, 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (1.0 - lam).astype(np.float32), lam.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- kernel
+# --------------------------------------------------------------------------- the op
 @helper
 def _fma32(a, b, c):
     """float32(a*b + c) as a fused multiply-add: a*b is exact in float64, so only the sum
@@ -100,79 +49,91 @@ def _fma32(a, b, c):
     return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
-@kernel(nogil=True)
-def _bilinear_gather(x, out, y0, y1, wy0, wy1, x0, x1, wx0, wx1, sync, worker, n_workers):
-    """out[b, oy, ox, :] = blend of the four x rows/columns named by the taps.
+@helper
+def _tap(i, n_in, n_out, mode, scale, offset):
+    """The bilinear *taps* of output index i along one axis: (i0, i1, w0, w1), the two input
+    indices and their weights.  mode 0: PyTorch half-pixel, 1: PyTorch align_corners, 2: the
+    float64 map ``clamp(i * scale + offset, 0, n_in - 1)`` (see the module docstring)."""
+    if mode == 2:
+        src = min(max(i * scale + offset, 0.0), n_in - 1.0)
+        i0 = min(int(np.floor(src)), n_in - 1)
+        lam = src - i0
+        return i0, min(i0 + 1, n_in - 1), np.float32(1.0 - lam), np.float32(lam)
+    if mode == 1:
+        s32 = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
+        src32 = s32 * np.float32(i)
+    else:
+        s32 = np.float32(n_in) / np.float32(n_out)
+        src32 = np.float32(max(np.float64(s32) * (i + 0.5) - 0.5, 0.0))
+    i0 = min(int(np.floor(src32)), n_in - 1)
+    w1 = min(max(src32 - np.float32(i0), np.float32(0.0)), np.float32(1.0))
+    return i0, i0 + 1 if i0 < n_in - 1 else i0, np.float32(1.0) - w1, w1
 
-    The arithmetic is ATen's, operation for operation, including the multiply-adds
-    its compiled loop fuses:  row = fma(w0, x0, w1*x1);  out = fma(a0, top, a1*bot).
-    One job per output row, shared by the workers.
-    """
-    B, Ho, Wo, C = out.shape
-    while True:
-        r = next_job(sync, 1)
-        if r >= B * Ho:
-            break
-        b = r // Ho
-        oy = r - b * Ho
-        top = x[b, y0[oy]]        # (W, C)
-        bot = x[b, y1[oy]]        # (W, C)
-        a0 = wy0[oy]
-        a1 = wy1[oy]
-        orow = out[b, oy]         # (Wo, C)
+
+# fields of a "resize" op row (after [code, jobs]): x (B, H, W, C) at x_off; out (B, Ho, Wo, C)
+# at o_off, or with argmax the labels (B, Ho, Wo) as float32 class indices; mode as in _tap;
+# the last four: float64 scale_y, offset_y, scale_x, offset_x (mode 2), as int64 bits
+RESIZE_FIELDS = ("x_off", "B", "H", "W", "C", "o_off", "Ho", "Wo", "mode", "argmax",
+                 "scale_y", "offset_y", "scale_x", "offset_x")
+
+
+@job
+def resize_job(pa, a_size, pw, w_size, pp, r, worker):
+    """Output row r = (b, oy): the blend of the two input rows around it."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    x_off, H, Wi, C, o_off, Ho, Wo, mode, argmax = (p[2], p[4], p[5], p[6], p[7], p[8], p[9],
+                                                    p[10], p[11])
+    affine = p[12:16].view(np.float64)
+    b = r // Ho
+    oy = r - b * Ho
+    y0, y1, a0, a1 = _tap(oy, H, Ho, mode, affine[0], affine[1])
+    top = x_off + (b * H + y0) * Wi * C
+    bot = x_off + (b * H + y1) * Wi * C
+    if argmax:
+        # separable: blend the two rows into scratch (W, C), then two columns per pixel
+        col = scratch(p, worker)
+        for k in range(Wi * C):
+            A[col + k] = a0 * A[top + k] + a1 * A[bot + k]
         for ox in range(Wo):
-            c0 = x0[ox]
-            c1 = x1[ox]
-            b0 = wx0[ox]
-            b1 = wx1[ox]
-            for c in range(C):
-                t = _fma32(b0, top[c0, c], b1 * top[c1, c])
-                u = _fma32(b0, bot[c0, c], b1 * bot[c1, c])
-                orow[ox, c] = _fma32(a0, t, a1 * u)
+            c0, c1, b0, b1 = _tap(ox, Wi, Wo, mode, affine[2], affine[3])
+            left = col + c0 * C
+            right = col + c1 * C
+            best = b0 * A[left] + b1 * A[right]
+            arg = 0
+            for c in range(1, C):
+                v = b0 * A[left + c] + b1 * A[right + c]
+                if v > best:      # strict: ties keep the lowest class index
+                    best = v
+                    arg = c
+            A[o_off + r * Wo + ox] = np.float32(arg)
+        return
+    for ox in range(Wo):
+        c0, c1, b0, b1 = _tap(ox, Wi, Wo, mode, affine[2], affine[3])
+        out = o_off + (r * Wo + ox) * C
+        for c in range(C):        # ATen's order, with its two fused multiply-adds
+            t = _fma32(b0, A[top + c0 * C + c], b1 * A[top + c1 * C + c])
+            u = _fma32(b0, A[bot + c0 * C + c], b1 * A[bot + c1 * C + c])
+            A[out + c] = _fma32(a0, t, a1 * u)
 
 
-@kernel(nogil=True)
-def _bilinear_argmax(x, labels, y0, y1, wy0, wy1, x0, x1, wx0, wx1, sync, worker, n_workers):
-    """labels[b, oy, ox] = argmax over c of the bilinear blend at (oy, ox).
+def resize_op(x_off, x_shape, o_off, out_hw, mode, affine=(0.0, 0.0, 0.0, 0.0), argmax=False):
+    """The op resizing x (B, H, W, C) to (B, Ho, Wo, C) (or, with argmax, to class labels)."""
+    check(len(x_shape) == 4 and min(x_shape) > 0, f"cannot resize a map of shape {x_shape}")
+    B, H, Wi, C = x_shape
+    Ho, Wo = out_hw
+    bits = np.array(affine, np.float64).view(np.int64)
+    from .program import Op
+    return Op("resize", B * Ho, (x_off, B, H, Wi, C, o_off, Ho, Wo, mode, argmax, *bits),
+              scratch=Wi * C if argmax else 0)
 
-    Separable: each output row first blends its two input rows (vertical pass into a
-    small (W, C) buffer), then every output pixel blends two buffer columns and keeps
-    the best class.  (Same maths as _bilinear_gather, other rounding order: a class
-    can flip only where two scores tie to float32 precision.)
-    """
-    B, Ho, Wo = labels.shape
-    W = x.shape[2]
-    C = x.shape[3]
-    rows_per_task = 16
-    n_tasks = (B * Ho + rows_per_task - 1) // rows_per_task
-    col = np.empty((W, C), dtype=np.float32)            # vertical blend of one output row
-    while True:
-        task = next_job(sync, 1)
-        if task >= n_tasks:
-            break
-        for r in range(task * rows_per_task, min(B * Ho, (task + 1) * rows_per_task)):
-            b = r // Ho
-            oy = r - b * Ho
-            top = x[b, y0[oy]]    # (W, C)
-            bot = x[b, y1[oy]]    # (W, C)
-            a0 = wy0[oy]
-            a1 = wy1[oy]
-            for i in range(W):
-                for c in range(C):
-                    col[i, c] = a0 * top[i, c] + a1 * bot[i, c]
-            for ox in range(Wo):
-                left = col[x0[ox]]
-                right = col[x1[ox]]
-                b0 = wx0[ox]
-                b1 = wx1[ox]
-                best = b0 * left[0] + b1 * right[0]
-                arg = 0
-                for c in range(1, C):
-                    v = b0 * left[c] + b1 * right[c]
-                    if v > best:      # strict: ties keep the lowest class index
-                        best = v
-                        arg = c
-                labels[b, oy, ox] = arg
+
+def _run(x, out_shape, mode, affine, argmax, threads):
+    from .program import Arena, run_ops
+    A = Arena()
+    xo, oo = A.add(x), A.add(size=int(np.prod(out_shape)))
+    arena = run_ops([resize_op(xo, x.shape, oo, out_shape[1:3], mode, affine, argmax)], A.build(),
+                    Arena().build(), threads)
+    return arena[oo:oo + int(np.prod(out_shape))].reshape(out_shape)
 
 
 def _check(x, out):
@@ -183,10 +144,6 @@ def _check(x, out):
     check(x.shape[1] > 0 and x.shape[2] > 0, f"empty input {x.shape}")
 
 
-def _gather(x, out, ty, tx, threads):
-    POOL.run(_bilinear_gather, (x, out, *ty, *tx), threads or default_threads(), 2)
-
-
 def resize_bilinear(x, out, align_corners=False, threads=None):
     """PyTorch ``F.interpolate(mode="bilinear")`` on NHWC float32 tensors.
 
@@ -194,13 +151,8 @@ def resize_bilinear(x, out, align_corners=False, threads=None):
     out: (B, Ho, Wo, C) float32, C-contiguous; written in place and returned.
     """
     _check(x, out)
-    B, H, W, C = x.shape
-    _, Ho, Wo, _ = out.shape
-    if out.size == 0:
-        return out
-    ty = torch_bilinear_taps(H, Ho, bool(align_corners))   # 4 x (Ho,)
-    tx = torch_bilinear_taps(W, Wo, bool(align_corners))   # 4 x (Wo,)
-    _gather(x, out, ty, tx, threads)                       # out: (B, Ho, Wo, C)
+    if out.size:
+        out[...] = _run(x, out.shape, 1 if align_corners else 0, (0.0,) * 4, False, threads)
     return out
 
 
@@ -213,13 +165,8 @@ def resize_bilinear_mapped(x, out, scale_y, offset_y, scale_x, offset_x, threads
     ``j*scale_x + offset_x`` (float64 coordinates, clamped to the image).
     """
     _check(x, out)
-    B, H, W, C = x.shape
-    _, Ho, Wo, _ = out.shape
-    if out.size == 0:
-        return out
-    ty = mapped_bilinear_taps(H, Ho, scale_y, offset_y)    # 4 x (Ho,)
-    tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
-    _gather(x, out, ty, tx, threads)                       # out: (B, Ho, Wo, C)
+    if out.size:
+        out[...] = _run(x, out.shape, 2, (scale_y, offset_y, scale_x, offset_x), False, threads)
     return out
 
 
@@ -239,13 +186,10 @@ def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_
           "labels must be C-contiguous int64 (B, Ho, Wo)")
     check(labels.shape[0] == x.shape[0] and min(x.shape) > 0,
           f"batch differs or empty input: x {x.shape}, labels {labels.shape}")
-    B, H, W, C = x.shape
-    _, Ho, Wo = labels.shape
-    if labels.size == 0:
-        return labels
-    ty = mapped_bilinear_taps(H, Ho, scale_y, offset_y)    # 4 x (Ho,)
-    tx = mapped_bilinear_taps(W, Wo, scale_x, offset_x)    # 4 x (Wo,)
-    POOL.run(_bilinear_argmax, (x, labels, *ty, *tx), threads or default_threads(), 2)
+    check(x.shape[3] < 1 << 24, "at most 2**24 classes")
+    if labels.size:
+        labels[...] = _run(x, labels.shape, 2, (scale_y, offset_y, scale_x, offset_x), True,
+                           threads)
     return labels
 
 

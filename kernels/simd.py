@@ -47,11 +47,11 @@ splits the 16-lane operations where the CPU has no AVX-512).
 """
 import os
 
-import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from .lazy import LazyModule, intrinsic, on_numba
+
+ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
+types = LazyModule("numba.core.types")
+cgutils = LazyModule("numba.core.cgutils")
 
 # ISA -> (VEC lanes, MR rows, NV vectors per tile row)
 TILES = {"avx512": (16, 12, 2), "avx2": (8, 6, 2), "generic": (4, 4, 4)}
@@ -85,24 +85,32 @@ DW_PIX = 4             # output pixels of a depthwise tile
 
 
 # ---------------------------------------------------------------- the vector type
-class FloatVector(types.Type):
-    """``lanes`` float32 values in one SIMD register (LLVM ``<lanes x float>``)."""
-
-    def __init__(self, lanes):
-        self.lanes = lanes
-        super().__init__(name=f"float32x{lanes}")
+VECTOR = _LLVEC = _MASK = _I32 = None    # defined once Numba is imported
 
 
-@register_model(FloatVector)
-class _FloatVectorModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
+@on_numba
+def _vector_type():
+    """The Numba type FloatVector: ``lanes`` float32 values in one SIMD register (LLVM
+    ``<lanes x float>``); VECTOR is the one with VEC lanes."""
+    from llvmlite import ir as llvm_ir
+    from numba.core import types as numba_types
+    from numba.extending import models, register_model
 
+    class FloatVector(numba_types.Type):
+        def __init__(self, lanes):
+            self.lanes = lanes
+            super().__init__(name=f"float32x{lanes}")
 
-VECTOR = FloatVector(VEC)
-_LLVEC = ir.VectorType(ir.FloatType(), VEC)
-_MASK = ir.VectorType(ir.IntType(1), VEC)
-_I32 = ir.IntType(32)
+    @register_model(FloatVector)
+    class FloatVectorModel(models.PrimitiveModel):
+        def __init__(self, dmm, fe_type):
+            super().__init__(dmm, fe_type, llvm_ir.VectorType(llvm_ir.FloatType(), fe_type.lanes))
+
+    global VECTOR, _LLVEC, _MASK, _I32
+    VECTOR = FloatVector(VEC)
+    _LLVEC = llvm_ir.VectorType(llvm_ir.FloatType(), VEC)
+    _MASK = llvm_ir.VectorType(llvm_ir.IntType(1), VEC)
+    _I32 = llvm_ir.IntType(32)
 
 
 # ---------------------------------------------------------------- IR helpers
@@ -127,7 +135,8 @@ def _vptr(builder, fptr):
     return builder.bitcast(fptr, _LLVEC.as_pointer())
 
 
-def _splat(builder, scalar, vecty=_LLVEC):
+def _splat(builder, scalar, vecty=None):
+    vecty = vecty or _LLVEC
     v = builder.insert_element(ir.Constant(vecty, ir.Undefined), scalar, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, ir.Constant(vecty, ir.Undefined),
                                   ir.Constant(ir.VectorType(_I32, vecty.count), [0] * vecty.count))
@@ -376,12 +385,13 @@ vsum = _reduce(lambda b, x, y: b.fadd(x, y), "Sum of the lanes (pairwise), a flo
 vhmax = _reduce(lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x), "Largest lane.")
 
 
-def _stack_array(dtype, doc):
+def _stack_array(dtype_name, doc):
     @intrinsic
     def buffer(typingctx, size):
         if not isinstance(size, types.IntegerLiteral):
             return None
         n = size.literal_value
+        dtype = getattr(types, dtype_name)
         arrty = types.Array(dtype, 1, "C")
 
         def codegen(context, builder, signature, args):
@@ -398,11 +408,11 @@ def _stack_array(dtype, doc):
     return buffer
 
 
-stack_buffer = _stack_array(types.float32, """An uninitialised float32 array of ``size`` (a
+stack_buffer = _stack_array("float32", """An uninitialised float32 array of ``size`` (a
 compile-time constant) on the stack: no allocator call, and LLVM keeps it in registers where
 all its indices are constant.""")
-stack_buffer_f64 = _stack_array(types.float64, "stack_buffer for float64 values.")
-stack_buffer_i64 = _stack_array(types.int64, "stack_buffer for int64 values.")
+stack_buffer_f64 = _stack_array("float64", "stack_buffer for float64 values.")
+stack_buffer_i64 = _stack_array("int64", "stack_buffer for int64 values.")
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel

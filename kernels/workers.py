@@ -27,11 +27,12 @@ import os
 import threading
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
+from .lazy import LazyModule, intrinsic
 from .policy import helper
+
+ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
+types = LazyModule("numba.core.types")
 
 
 # ---------------------------------------------------------------- atomics

@@ -3,8 +3,11 @@ import numpy as np
 import pytest
 from numba import njit
 
-from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU6, ACT_SILU, SUPPORTED, act_code,
-                                          activation, activation_reference, exp_f32)
+from tinymvit.kernels import lazy
+
+lazy.materialize()      # the kernels' helpers become Numba functions (they are called below)
+from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU6, ACT_SILU, SUPPORTED,  # noqa: E402
+                                          act_code, activation, activation_reference, exp_f32)
 
 
 @njit(fastmath=True, error_model="numpy")

@@ -57,16 +57,16 @@ def _run(code, env_changes, pythonpath=None, cwd=None):
     return res.stdout.strip().splitlines(), res.stderr.strip().splitlines()
 
 
-def _kernels_hash():
-    from tinymvit.kernels.policy import source_hash
-    return source_hash()
+def _cache_name():
+    from tinymvit.kernels.policy import CACHE_DIR
+    return os.path.basename(CACHE_DIR)
 
 
 def test_read_only_install_caches_under_the_temp_folder(read_only_install, tmp_path):
     env = {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache", "TMPDIR": str(tmp_path)}
     code = "import tinymvit\nprint(tinymvit.__file__)\n" + KERNEL_RUN
     private = tmp_path / f"tinymvit-numba-{os.getuid()}"
-    cache = private / f"tinymvit-{_kernels_hash()}"
+    cache = private / _cache_name()
     kernels = read_only_install / "tinymvit" / "kernels"
     for _ in range(2):                                       # compiles, then loads the cache
         out, err = _run(code, env, read_only_install)
@@ -76,7 +76,7 @@ def test_read_only_install_caches_under_the_temp_folder(read_only_install, tmp_p
                        f"/dev/null/cache/tinymvit/{cache.name}: caching compiled kernels in "
                        f"{cache} (set NUMBA_CACHE_DIR to choose)"]
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
-    assert list(cache.glob("pooling.pool_job-*.nbc"))
+    assert (cache / "pooling.pool_job.o").is_file()
 
 
 def test_a_temp_folder_of_another_user_is_never_used(read_only_install, tmp_path):
@@ -108,23 +108,23 @@ def warm_cache(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("damage", ["truncate-index", "truncate-data", "garbage-data"])
+@pytest.mark.parametrize("damage", ["wrong-symbol", "truncate-code", "garbage-code"])
 def test_a_damaged_cache_file_is_dropped_and_rebuilt(warm_cache, tmp_path, damage):
     shutil.copytree(warm_cache, tmp_path / "cache")
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     run = lambda: _run(KERNEL_RUN, env, cwd=tmp_path)  # noqa: E731
-    index = next(tmp_path.glob("cache/*/pooling.pool_job-*.nbi"))
-    data = next(tmp_path.glob("cache/*/pooling.pool_job-*.nbc"))
-    if damage == "truncate-index":
-        index.write_bytes(index.read_bytes()[:10])
-    elif damage == "truncate-data":
-        data.write_bytes(data.read_bytes()[:100])
+    symbol = next(tmp_path.glob("cache/*/pooling.pool_job.sym"))
+    code = next(tmp_path.glob("cache/*/pooling.pool_job.o"))
+    if damage == "wrong-symbol":
+        symbol.write_text("no_such_function")
+    elif damage == "truncate-code":
+        code.write_bytes(code.read_bytes()[:100])
     else:
-        data.write_bytes(os.urandom(3000))
+        code.write_bytes(os.urandom(3000))
     out, err = run()
     assert out == [EXPECTED]
     assert len(err) == 1 and err[0].startswith("tinymvit: dropped a damaged kernel cache entry")
-    assert str(index.parent) in err[0]
+    assert str(code.parent) in err[0]
     out, err = run()                                         # rebuilt: silent again
     assert out == [EXPECTED] and err == []
 

@@ -358,8 +358,7 @@ class Unfold(Node):
         steps = []
         if resized is not None:                   # odd map (MobileViT): resize it first
             x = Tensor(scratch.off, resized)
-            steps.append(lambda A: resize.resize_bilinear(view(A, ins[0]), view(A, x),
-                                                          align_corners=False, threads=threads))
+            steps.append(resize.resize_op(ins[0].off, ins[0].shape, x.off, resized[1:3], 0))
         return steps + [patches.patch_op("unfold", x.off, x.shape, self.p, nh, nw, out.off)]
 
 
@@ -392,8 +391,7 @@ class Fold(Node):
             return [patches.patch_op("fold", ins[0].off, out.shape, self.p, nh, nw, out.off)]
         tmp = Tensor(scratch.off, resized)
         return [patches.patch_op("fold", ins[0].off, tmp.shape, self.p, nh, nw, tmp.off),
-                lambda A: resize.resize_bilinear(view(A, tmp), view(A, out), align_corners=False,
-                                                 threads=threads)]
+                resize.resize_op(tmp.off, tmp.shape, out.off, out.shape[1:3], 0)]
 
 
 class Norm(Node):
