@@ -20,7 +20,8 @@ import numpy as np
 from .lazy import LazyModule, intrinsic
 
 from .policy import arenas, check, check_array, helper, job
-from .simd import vadd, vfloor, vfma, vmax, vmin, vmul, vpow2i, vrcp, vsplat, vsub
+from .simd import (VEC, vadd, vfloor, vfma, vload, vload_n, vmax, vmin, vmul, vpow2i, vrcp,
+                   vsplat, vstore, vstore_n, vsub)
 
 ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
 types = LazyModule("numba.core.types")
@@ -121,6 +122,18 @@ def vexp(x):
     p = vfma(p, r, vsplat(1.6666665459e-1))
     p = vfma(p, r, vsplat(5.0000001201e-1))
     return vmul(vfma(vmul(p, r), r, vadd(r, vsplat(1.0))), vpow2i(n))
+
+
+@helper
+def activate(x, off, count, act):
+    """x.flat[off : off + count] = act(itself) (ReLU, ReLU6 or SiLU), VEC lanes at a time."""
+    end = off + count
+    i = off
+    while i + VEC <= end:
+        vstore(x, i, vact(vload(x, i), act))
+        i += VEC
+    if i < end:
+        vstore_n(x, i, vact(vload_n(x, i, end - i), act), end - i)
 
 
 @helper

@@ -90,13 +90,14 @@ def valid_taps(pos, k, dil, size):
 
 @helper
 def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
-            pad_l):
+            pad_l, nchw):
     """The im2col rows of output pixels m_lo .. m_lo + rows (pixel m = (img, i, j)):
 
         cols[r*K + (a*kw + b)*cin + c] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, c]
 
     or 0 where that tap falls in the padding (K = kh*kw*cin; x (N, H, W, cin) at
-    A[x_off]; cols = A[cols:], live = A[live:], both in the job's scratch space);
+    A[x_off], or (N, cin, H, W) if ``nchw``: the model input, read in its own layout;
+    cols = A[cols:], live = A[live:], both in the job's scratch space);
     A[live + (r // MR)*kh*kw + a*kw + b] = 1 when the tap reads real input."""
     kt = kh * kw * cin
     img = m_lo // (ho * wo)              # pixel (img, i, j) of row 0, then counted up
@@ -115,8 +116,14 @@ def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stri
             for b in range(b_lo, b_hi):
                 t = a * kw + b
                 A[live + (r // MR) * kh * kw + t] = 1.0
-                copy_floats(A, cols + row + t * cin, A,
-                            x_off + ((img * h + ih) * w_in + iw0 + b * dil) * cin, cin)
+                iw = iw0 + b * dil
+                if nchw:
+                    for ch in range(cin):
+                        A[cols + row + t * cin + ch] = A[x_off + ((img * cin + ch) * h + ih) * w_in
+                                                         + iw]
+                else:
+                    copy_floats(A, cols + row + t * cin, A, x_off + ((img * h + ih) * w_in + iw) * cin,
+                                cin)
         j += 1
         if j == wo:
             j = 0
@@ -129,7 +136,8 @@ def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stri
 # fields of a "conv" op row, after [code, jobs]; mc: output pixels (im2col) or rows (direct)
 # per job, pg: panels per job
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
-               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct")
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct",
+               "nchw")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps are read in place
 
 
@@ -156,7 +164,7 @@ def _im2col_chunk(A, W, p, j, worker):
     zero_floats(A, live, (mc // MR + 1) * taps)
     acc = stack_buffer(TILE)
     _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
-            pad_l)
+            pad_l, p[23] != 0)
     for pp in range(group * pg, min(n_panels, group * pg + pg)):
         n0 = pp * NR
         ncols = min(NR, cout - n0)
@@ -273,8 +281,10 @@ def check_geometry(x_shape, out_shape, kh, kw, stride, dilation, pad_top, pad_le
 
 
 def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation, pad_top,
-            pad_left, act, threads=1):
-    """The op of a full kxk conv (weights ``wp`` at W[w_off], bias at W[b_off])."""
+            pad_left, act, threads=1, nchw=False):
+    """The op of a full kxk conv (weights ``wp`` at W[w_off], bias at W[b_off]).  ``nchw``: x
+    is stored (N, Cin, H, W) -- the model input, before any layout change (``x_shape`` is
+    still given as (N, H, W, Cin))."""
     check(isinstance(wp, ConvWeight), "wp must come from prepare_conv_weight")
     check_maps(x_shape, out_shape, wp.cin, wp.cout)
     check_geometry(x_shape, out_shape, wp.kh, wp.kw, stride, dilation, pad_top, pad_left)
@@ -285,7 +295,7 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     kt = wp.kh * wp.kw * cin
     panels = wp.panels.shape[0]
     from .program import Op
-    if cin >= DIRECT_MIN_CHANNELS:
+    if cin >= DIRECT_MIN_CHANNELS and not nchw:
         # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
         # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
         band = max(1, min(ho, 65536 // max(1, w * cin)))
@@ -295,11 +305,11 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         pg = -(-panels // groups)
         return Op("conv", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
-                   stride, dilation, pad_top, pad_left, band, pg, True))
+                   stride, dilation, pad_top, pad_left, band, pg, True, False))
     # the im2col chunk (MC x kh*kw*Cin floats, <= 256 KiB) stays in L2
     mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), panels, threads)
     return Op("conv", jobs, (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off,
-                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg, False),
+                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg, False, nchw),
               scratch=mc * kt + (mc // MR + 1) * wp.kh * wp.kw)
 
 

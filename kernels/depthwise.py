@@ -37,10 +37,10 @@ neighbouring jobs both produce (one or two per job).
 """
 import numpy as np
 
-from .activations import ACT_NONE
+from .activations import ACT_NONE, activate
 from .conv import check_bias, check_geometry, check_maps, pad_for_output
-from .pointwise import (PointwiseWeight, act_reference_f64, bias_act_channels, check_activation,
-                        gemm_block, pointwise_reference)
+from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, gemm_block,
+                        pointwise_reference)
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n,
                    stack_buffer_i64, zero_floats)
@@ -64,7 +64,7 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
 
     offs[a]: flat offset in src of the padded input row read by tap row a; pixel j's first
     tap is at padded column j*s.  Groups of DW_PIX pixels, then single pixels, whole
-    channel vectors, then the partial one; then bias and activation, in place.
+    channel vectors, then the partial one; then the activation, in place.
     """
     c_full = c - c % VEC
     j = 0
@@ -72,18 +72,18 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
         o = d_off + j * c
         if j + DW_PIX <= wo:
             if c_full:
-                dw_tile(dst, o, src, offs, j * s, w, w_off, kh, kw, c, 0, c_full, s, d)
+                dw_tile(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d)
             if c_full < c:
-                dw_tile_n(dst, o, src, offs, j * s, w, w_off, kh, kw, c, c_full, c, s, d)
+                dw_tile_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d)
             j += DW_PIX
         else:
             if c_full:
-                dw_pixel(dst, o, src, offs, j * s, w, w_off, kh, kw, c, 0, c_full, s, d)
+                dw_pixel(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d)
             if c_full < c:
-                dw_pixel_n(dst, o, src, offs, j * s, w, w_off, kh, kw, c, c_full, c, s, d)
+                dw_pixel_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d)
             j += 1
-    for o in range(d_off, d_off + wo * c, c):
-        bias_act_channels(dst, o, 0, c, w, b_off, act)
+    if act != ACT_NONE:
+        activate(dst, d_off, wo * c, act)
 
 
 # ---------------------------------------------------------------- the separable op

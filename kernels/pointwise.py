@@ -31,8 +31,8 @@ import numpy as np
 
 from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
 from .policy import arenas, check, helper, job
-from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, stack_buffer, vadd, vload, vload_n, vstore,
-                   vstore_n)
+from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, gemm_tile_out, stack_buffer, vadd, vload,
+                   vload_n, vstore, vstore_n)
 from .workers import default_threads
 
 PointwiseWeight = namedtuple("PointwiseWeight", "panels cin cout")
@@ -121,6 +121,38 @@ def bias_act_channels(x, off, c_lo, c_hi, w, b_off, act):
 
 
 @helper
+def tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off, act,
+             has_res):
+    """One register tile with its epilogue (``simd.gemm_tile_out``), the activation and the
+    residual chosen here: each combination is its own compiled copy of the tile."""
+    if has_res:
+        if act == ACT_RELU:
+            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
+                          r_off, 1, True)
+        elif act == ACT_RELU6:
+            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
+                          r_off, 2, True)
+        elif act == ACT_SILU:
+            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
+                          r_off, 3, True)
+        else:
+            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
+                          r_off, 0, True)
+    elif act == ACT_RELU:
+        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
+                      1, False)
+    elif act == ACT_RELU6:
+        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
+                      2, False)
+    elif act == ACT_SILU:
+        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
+                      3, False)
+    else:
+        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
+                      0, False)
+
+
+@helper
 def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_off, ldo, res,
                r_off, has_res):
     """Rows 0..m of ``out = act(A @ W.T + bias) (+ res)``, for the panels p_lo..p_hi.
@@ -131,15 +163,13 @@ def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_
     at res.flat[r_off + r*ldo].  Panel-outer, row-tile-inner: a panel is reused from L1
     by all the row tiles.
     """
-    acc = stack_buffer(TILE)             # the register tile's spill slot
     for p in range(p_lo, p_hi):
         n0 = p * NR
         ncols = min(NR, n - n0)
         for m0 in range(0, m, MR):
-            rows = min(MR, m - m0)
-            gemm_tile(acc, a, a_off + m0 * lda, lda, rows, w, w_off + p * k * NR, k, False)
-            store_tile(acc, rows, out, o_off + m0 * ldo + n0, ldo, ncols, w, b_off + n0, act,
-                       res, r_off + m0 * ldo + n0, has_res)
+            tile_out(a, a_off + m0 * lda, lda, min(MR, m - m0), w, w_off + p * k * NR, k,
+                     b_off + n0, ncols, out, o_off + m0 * ldo + n0, ldo, res,
+                     r_off + m0 * ldo + n0, act, has_res)
 
 
 # ---------------------------------------------------------------- the op

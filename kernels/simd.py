@@ -211,6 +211,67 @@ def _loop(builder, start, stop, step, carried, body, name):
     return phis
 
 
+# ---------------------------------------------------------------- activations, in IR
+def _vconst(value):
+    return ir.Constant(_LLVEC, [float(value)] * VEC)
+
+
+def _max(builder, x, y):
+    """max(x, y) keeping a NaN of x (y > x ? y : x)."""
+    return builder.select(builder.fcmp_ordered(">", y, x), y, x)
+
+
+def _min(builder, x, y):
+    return builder.select(builder.fcmp_ordered("<", y, x), y, x)
+
+
+def _rcp(builder, x):
+    """1 / x to ~2 ulps: the reciprocal estimate (rcpps / vrcp14ps) + one Newton step."""
+    if ISA == "avx2":
+        r = builder.call(_declare(builder, "llvm.x86.avx.rcp.ps.256", _LLVEC, [_LLVEC]), [x])
+    elif ISA == "avx512":
+        fn = _declare(builder, "llvm.x86.avx512.rcp14.ps.512", _LLVEC,
+                      [_LLVEC, _LLVEC, ir.IntType(16)])
+        r = builder.call(fn, [x, _vconst(0.0), ir.Constant(ir.IntType(16), -1)])
+    else:
+        return builder.fdiv(_vconst(1.0), x)
+    e = _fma(builder, builder.fneg(x), r, _vconst(1.0))        # 1 - x*r
+    return _fma(builder, r, e, r)                               # r*(2 - x*r)
+
+
+def _exp(builder, x):
+    """exp of every lane: x = n*ln2 + r (Cody-Waite), exp(r) by Cephes' expf polynomial,
+    2**n from the exponent bits (``activations.exp_f32``, in IR); clamped to float32's range."""
+    x = _min(builder, _max(builder, x, _vconst(-87.3)), _vconst(88.0))
+    floor = _declare(builder, f"llvm.floor.{_V}", _LLVEC, [_LLVEC])
+    n = builder.call(floor, [_fma(builder, x, _vconst(1.44269504), _vconst(0.5))])
+    r = _fma(builder, n, _vconst(-0.693359375), x)
+    r = _fma(builder, n, _vconst(2.12194440e-4), r)
+    p = _vconst(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+              5.0000001201e-1):
+        p = _fma(builder, p, r, _vconst(c))
+    y = _fma(builder, builder.fmul(p, r), r, builder.fadd(r, _vconst(1.0)))
+    ivec = ir.VectorType(_I32, VEC)
+    e = builder.add(builder.fptosi(n, ivec), ir.Constant(ivec, [127] * VEC))
+    return builder.fmul(y, builder.bitcast(builder.shl(e, ir.Constant(ivec, [23] * VEC)), _LLVEC))
+
+
+ACTIVATIONS_IR = (0, 1, 2, 3)   # none, ReLU, ReLU6, SiLU (the codes of activations.py)
+
+
+def _activation(builder, v, act):
+    """Activation code ``act`` (compile-time) of every lane; NaN stays NaN."""
+    if act == 1:
+        return _max(builder, v, _vconst(0.0))
+    if act == 2:
+        return _min(builder, _max(builder, v, _vconst(0.0)), _vconst(6.0))
+    if act == 3:
+        return builder.fmul(v, _rcp(builder, builder.fadd(
+            _vconst(1.0), _exp(builder, builder.fsub(_vconst(0.0), v)))))
+    return v
+
+
 # ---------------------------------------------------------------- vector operations
 @intrinsic
 def vload(typingctx, a, i):
@@ -323,17 +384,7 @@ def vrcp(typingctx, a):
         return None
 
     def codegen(context, builder, sig, args):
-        x = args[0]
-        if ISA == "avx2":
-            r = builder.call(_declare(builder, "llvm.x86.avx.rcp.ps.256", _LLVEC, [_LLVEC]), [x])
-        elif ISA == "avx512":
-            fn = _declare(builder, "llvm.x86.avx512.rcp14.ps.512", _LLVEC,
-                          [_LLVEC, _LLVEC, ir.IntType(16)])
-            r = builder.call(fn, [x, ir.Constant(_LLVEC, [0.0] * VEC), ir.Constant(ir.IntType(16), -1)])
-        else:
-            return builder.fdiv(ir.Constant(_LLVEC, [1.0] * VEC), x)
-        e = _fma(builder, builder.fneg(x), r, ir.Constant(_LLVEC, [1.0] * VEC))   # 1 - x*r
-        return _fma(builder, r, e, r)                                               # r*(2 - x*r)
+        return _rcp(builder, args[0])
     return VECTOR(a), codegen
 
 
@@ -416,6 +467,31 @@ stack_buffer_i64 = _stack_array("int64", "stack_buffer for int64 values.")
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel
+def _tile_rows(builder, a_p, a_base, lda, rows):
+    """Pointers to the MR rows of a tile of A; rows past ``rows`` repeat the last one."""
+    const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
+    a_p = builder.gep(a_p, [a_base])
+    last = builder.sub(rows, const(1))
+    return [builder.gep(a_p, [builder.mul(builder.select(
+        builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
+
+
+def _tile_products(builder, row_ptrs, w_p, kn, init):
+    """The k loop of a register tile: MR x NV vector accumulators (phi nodes), from ``init``.
+    Per k: NV weight vectors (row k of the packed panel at w_p), MR broadcasts, MR*NV FMAs."""
+    const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
+
+    def step(k, accs):
+        w_row = builder.gep(w_p, [builder.mul(k, const(NR))])
+        b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(NV)]
+        new = []
+        for i in range(MR):
+            s = _splat(builder, builder.load(builder.gep(row_ptrs[i], [k]), align=4))
+            new += [_fma(builder, s, b[j], accs[i * NV + j]) for j in range(NV)]
+        return new
+    return _loop(builder, const(0), kn, const(1), init, step, "k")
+
+
 @intrinsic
 def gemm_tile(typingctx, acc, a, a_base, lda, rows, w, w_base, kn, accumulate):
     """The MR x NR register tile of a matrix product, into ``acc`` (MR * NR floats)::
@@ -437,48 +513,108 @@ def gemm_tile(typingctx, acc, a, a_base, lda, rows, w, w_base, kn, accumulate):
         a_base, lda, rows, w_base, kn = (_intp(context, builder, args[i], sig.args[i])
                                          for i in (2, 3, 4, 6, 7))
         const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
-        a_p, w_p = builder.gep(a_p, [a_base]), builder.gep(w_p, [w_base])
-        last = builder.sub(rows, const(1))
-        row_ptrs = [builder.gep(a_p, [builder.mul(builder.select(
-            builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
         start = context.cast(builder, args[8], sig.args[8], types.boolean)
         init = [builder.select(start, _load(builder, builder.gep(acc_p, [const(t * VEC)])),
-                               ir.Constant(_LLVEC, [0.0] * VEC)) for t in range(MR * NV)]
-
-        def step(k, accs):               # one k: NV weight loads, MR broadcasts, MR*NV FMAs
-            w_row = builder.gep(w_p, [builder.mul(k, const(NR))])
-            b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(NV)]
-            new = []
-            for i in range(MR):
-                s = _splat(builder, builder.load(builder.gep(row_ptrs[i], [k]), align=4))
-                new += [_fma(builder, s, b[j], accs[i * NV + j]) for j in range(NV)]
-            return new
-        accs = _loop(builder, const(0), kn, const(1), init, step, "k")
+                               _vconst(0.0)) for t in range(MR * NV)]
+        accs = _tile_products(builder, _tile_rows(builder, a_p, a_base, lda, rows),
+                              builder.gep(w_p, [w_base]), kn, init)
         for t, v in enumerate(accs):
             _store(builder, v, builder.gep(acc_p, [const(t * VEC)]))
         return context.get_dummy_value()
     return types.void(acc, a, a_base, lda, rows, w, w_base, kn, accumulate), codegen
 
 
+@intrinsic
+def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base,
+                  ldo, res, r_base, act, has_res):
+    """A register tile of ``out = act(A @ W + bias) (+ res)`` with the epilogue in registers::
+
+        out.flat[o_base + i*ldo + j] = act(sum_{k < kn} a.flat[a_base + i*lda + k]
+                                           * w.flat[w_base + k*NR + j] + w.flat[b_base + j])
+                                       (+ res.flat[r_base + i*ldo + j])
+
+    for i < rows (<= MR), j < ncols (<= NR); ``act`` (none, ReLU, ReLU6, SiLU) and
+    ``has_res`` are compile-time constants (one specialised copy each).  Columns past ncols
+    and rows past ``rows`` are neither read nor written.
+    """
+    if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
+            and _is_f32_c_array(res) and _ints(a_base, lda, rows, w_base, kn, b_base, ncols,
+                                               o_base, ldo, r_base)
+            and isinstance(act, types.IntegerLiteral) and act.literal_value in ACTIVATIONS_IR
+            and isinstance(has_res, (types.BooleanLiteral, types.IntegerLiteral))):
+        return None
+    act_code, with_res = act.literal_value, bool(has_res.literal_value)
+
+    def codegen(context, builder, sig, args):
+        a_p, w_p, out_p, res_p = (_data(context, builder, sig.args[i], args[i])
+                                  for i in (0, 4, 9, 12))
+        a_base, lda, rows, w_base, kn, b_base, ncols, o_base, ldo, r_base = (
+            _intp(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 10,
+                                                                    11, 13))
+        const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
+        accs = _tile_products(builder, _tile_rows(builder, a_p, a_base, lda, rows),
+                              builder.gep(w_p, [w_base]), kn, [_vconst(0.0)] * (MR * NV))
+        b_p = builder.gep(w_p, [b_base])
+        out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
+        full = builder.icmp_signed("==", ncols, const(NR))
+
+        def epilogue(masks):
+            bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j])
+                    for j in range(NV)]
+            for i in range(MR):
+                with builder.if_then(builder.icmp_signed("<", const(i), rows)):
+                    row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
+                    row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
+                    for j in range(NV):
+                        v = _activation(builder, builder.fadd(accs[i * NV + j], bias[j]),
+                                        act_code)
+                        if with_res:
+                            v = builder.fadd(v, _load(builder, builder.gep(
+                                row_r, [const(j * VEC)]), masks[j]))
+                        _store(builder, v, builder.gep(row_o, [const(j * VEC)]), masks[j])
+
+        with builder.if_else(full) as (whole, partial):
+            with whole:
+                epilogue([None] * NV)
+            with partial:
+                epilogue([_lane_mask(builder, builder.sub(ncols, const(j * VEC)))
+                          for j in range(NV)])
+        return context.get_dummy_value()
+    return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
+                      r_base, act, has_res), codegen
+
+
 # ---------------------------------------------------------------- the depthwise micro-kernel
 def _dw_codegen(npix, masked):
     """IR of a depthwise tile of ``npix`` pixels: full vectors for channels [c_lo, c_hi), or
-    one masked vector of c_hi - c_lo lanes at c_lo."""
+    one masked vector of c_hi - c_lo lanes at c_lo.  The 3x3 kernels at stride 1 and 2
+    (nearly all of them) get unrolled copies in which neighbouring pixels share the loads
+    of the input columns they both read (6 instead of 12 per tap row at stride 1)."""
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
                                      for i in (0, 2, 3, 5))
-        d_off, col, w_off, kh, kw, c, c_lo, c_hi, s, d = (
-            _intp(context, builder, args[i], sig.args[i]) for i in (1, 4, 6, 7, 8, 9, 10, 11, 12, 13))
+        d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d = (
+            _intp(context, builder, args[i], sig.args[i])
+            for i in (1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
+        b_p = builder.gep(w_p, [b_off])
         dst_p, w_p = builder.gep(dst_p, [d_off]), builder.gep(w_p, [w_off])
         sc, dc, x0 = builder.mul(s, c), builder.mul(d, c), builder.mul(col, c)
 
-        def channel_vector(c0, _):
+        def row_pointers(a, c0):
+            x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
+                                                    builder.add(x0, c0))])
+            return x_row, builder.gep(w_p, [builder.add(builder.mul(builder.mul(a, kw), c), c0)])
+
+        def store(accs, c0):
+            for q, acc in enumerate(accs):
+                _store(builder, acc, builder.gep(dst_p, [builder.add(builder.mul(const(q), c),
+                                                                     c0)]), mask)
+
+        def generic(c0, _):
             def tap_row(a, accs):
-                x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
-                                                        builder.add(x0, c0))])
-                w_row = builder.gep(w_p, [builder.add(builder.mul(builder.mul(a, kw), c), c0)])
+                x_row, w_row = row_pointers(a, c0)
 
                 def tap(b, accs):
                     wv = _load(builder, builder.gep(w_row, [builder.mul(b, c)]), mask)
@@ -487,42 +623,77 @@ def _dw_codegen(npix, masked):
                         x_tap, [builder.mul(const(q), sc)]), mask), accs[q])
                         for q in range(npix)]
                 return _loop(builder, const(0), kw, const(1), accs, tap, "dw.b")
-            zero = ir.Constant(_LLVEC, [0.0] * VEC)
-            accs = _loop(builder, const(0), kh, const(1), [zero] * npix, tap_row, "dw.a")
-            for q, acc in enumerate(accs):
-                _store(builder, acc, builder.gep(dst_p, [builder.add(builder.mul(const(q), c),
-                                                                     c0)]), mask)
+            bias = _load(builder, builder.gep(b_p, [c0]), mask)
+            store(_loop(builder, const(0), kh, const(1), [bias] * npix, tap_row, "dw.a"), c0)
             return []
 
-        if masked:
-            channel_vector(c_lo, [])
-        else:
-            _loop(builder, c_lo, c_hi, const(VEC), [], channel_vector, "dw.c")
+        def unrolled_3x3(stride):
+            def body(c0, _):
+                accs = [_load(builder, builder.gep(b_p, [c0]), mask)] * npix
+                for a in range(3):
+                    x_row, w_row = row_pointers(const(a), c0)
+                    columns = {}                     # input column -> its loaded vector
+                    for b in range(3):
+                        wv = _load(builder, builder.gep(w_row, [builder.mul(const(b), c)]), mask)
+                        for q in range(npix):
+                            k = q * stride + b
+                            if k not in columns:
+                                columns[k] = _load(builder, builder.gep(
+                                    x_row, [builder.mul(const(k), c)]), mask)
+                            accs[q] = _fma(builder, wv, columns[k], accs[q])
+                store(accs, c0)
+                return []
+            return body
+
+        def over_channels(body):
+            if masked:
+                body(c_lo, [])
+            else:
+                _loop(builder, c_lo, c_hi, const(VEC), [], body, "dw.c")
+
+        is_3x3 = builder.and_(builder.and_(builder.icmp_signed("==", kh, const(3)),
+                                           builder.icmp_signed("==", kw, const(3))),
+                              builder.icmp_signed("==", d, const(1)))
+        with builder.if_else(builder.and_(is_3x3, builder.icmp_signed("==", s, const(1)))) \
+                as (stride1, other):
+            with stride1:
+                over_channels(unrolled_3x3(1))
+            with other:
+                with builder.if_else(builder.and_(is_3x3, builder.icmp_signed("==", s, const(2)))) \
+                        as (stride2, rest):
+                    with stride2:
+                        over_channels(unrolled_3x3(2))
+                    with rest:
+                        over_channels(generic)
         return context.get_dummy_value()
     return codegen
 
 
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
-    def tile(typingctx, dst, d_off, src, offs, col, w, w_off, kh, kw, c, c_lo, c_hi, s, d):
+    def tile(typingctx, dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi, s,
+             d):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
-                and offs.layout == "C" and _ints(d_off, col, w_off, kh, kw, c, c_lo, c_hi, s, d)):
+                and offs.layout == "C"
+                and _ints(d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d)):
             return None
-        return (types.void(dst, d_off, src, offs, col, w, w_off, kh, kw, c, c_lo, c_hi, s, d),
-                _dw_codegen(npix, masked))
+        return (types.void(dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi,
+                           s, d), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
 
 
-_DW_DOC = """{what} of a depthwise convolution (no bias, no activation)::
+_DW_DOC = """{what} of a depthwise convolution (no activation)::
 
-    dst.flat[d_off + q*c + ch] = sum_{{a<kh, b<kw}} w.flat[w_off + (a*kw + b)*c + ch]
+    dst.flat[d_off + q*c + ch] = w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
+                                 w.flat[w_off + (a*kw + b)*c + ch]
                                  * src.flat[offs[a] + (col + q*s + b*d)*c + ch]
 
 for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}).  ``offs[a]`` is the flat offset
 of the input row read by tap row a (padded: every tap must lie inside src), ``col`` the
-column of pixel 0's first tap, s the stride, d the dilation, w a (kh, kw, c) weight."""
+column of pixel 0's first tap, s the stride, d the dilation, w a (kh, kw, c) weight and the
+c biases."""
 dw_tile = _dw_intrinsic(DW_PIX, False, _DW_DOC.format(
     what="DW_PIX neighbouring output pixels", npix="DW_PIX",
     lanes="whole vectors: c_hi - c_lo a multiple of VEC"))

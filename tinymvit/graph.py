@@ -111,6 +111,7 @@ class Conv(Node):
         super().__init__(name, inputs, output)
         self.kind, self.k, self.stride, self.dilation = kind, k, stride, dilation
         self.padding, self.act = padding, act
+        self.nchw_input = False          # reads the NCHW model input itself (read_input_in_place)
         self.cout = weight.shape[0]
         prepare = {"pointwise": pointwise.prepare_pointwise_weight,
                    "depthwise": depthwise.prepare_depthwise_weight,
@@ -132,7 +133,7 @@ class Conv(Node):
         self.bias = in_arena(self.bias, self.b_off)
 
     def infer(self, shapes):
-        x = shapes[0]
+        x = self.input_shape(shapes[0])
         if self.kind == "pointwise":
             return x[:-1] + (self.cout,), None
         n, h, w, _ = x
@@ -141,6 +142,13 @@ class Conv(Node):
         if ho < 1 or wo < 1:
             raise InputTooSmall(f"{self.name}: a {h}x{w} map gives an empty output")
         return (n, ho, wo, self.cout), (top, left)
+
+    def input_shape(self, shape):
+        """The input's shape as (N, H, W, C), also when it is the NCHW model input."""
+        if self.nchw_input:
+            n, c, h, w = shape
+            return (n, h, w, c)
+        return shape
 
     def fused_act(self):
         """The activation the kernel applies (ReLU/ReLU6/SiLU; the rare ones: a separate step)."""
@@ -159,8 +167,9 @@ class Conv(Node):
                                           (self.weight, self.w_off, self.b_off, act),
                                           stride=self.stride, dilation=self.dilation,
                                           pad_top=top, pad_left=left, threads=threads)
-        return conv.conv_op(x.off, x.shape, out.off, out.shape, self.weight, self.w_off,
-                            self.b_off, self.stride, self.dilation, top, left, act, threads)
+        return conv.conv_op(x.off, self.input_shape(x.shape), out.off, out.shape, self.weight,
+                            self.w_off, self.b_off, self.stride, self.dilation, top, left, act,
+                            threads, self.nchw_input)
 
     def steps(self, ins, out, args, scratch, threads):
         residual = ins[1] if len(ins) > 1 else None
@@ -181,11 +190,13 @@ class FusedSeparable(Node):
     Made by :func:`fuse_separable` from three (or two) Conv nodes.  The fused op
     (``kernels.depthwise.separable_op``) splits the output rows between parallel jobs;
     each job re-expands the few input rows it shares with a neighbour.  Where that
-    recomputation would cost more than MAX_EXTRA (small maps on several threads),
-    the three convs run one after the other on scratch buffers instead.
+    recomputation would cost more than MAX_EXTRA (small maps on several threads), or
+    rows are narrower than MIN_WIDTH (small maps: they fit in cache anyway), the
+    three convs run one after the other on scratch buffers instead.
     """
 
     MAX_EXTRA = 0.15   # largest fraction of input rows expanded twice that fusion may cost
+    MIN_WIDTH = 24     # narrowest input rows the fused op takes (each is one 1x1 product)
 
     def __init__(self, expand, dw, reduce, residual):
         x = expand.inputs[0] if expand is not None else dw.inputs[0]
@@ -205,8 +216,12 @@ class FusedSeparable(Node):
         return self.reduce.infer([d])[0], pads
 
     def fused(self, x_shape, out_shape, args, threads):
-        """Fuse unless jobs would expand more than MAX_EXTRA of the input rows twice."""
-        n, h, _, _ = x_shape
+        """Fuse unless the rows are too short for good register tiles (the fused op expands
+        one input row at a time), or jobs would expand more than MAX_EXTRA of the input rows
+        twice."""
+        n, h, w, _ = x_shape
+        if w < self.MIN_WIDTH:
+            return False
         ho = out_shape[1]
         rows = depthwise.plan_row_jobs(n, ho, threads)
         s, d, top = self.dw.stride, self.dw.dilation, args[0]
@@ -242,6 +257,20 @@ class FusedSeparable(Node):
         ops.append(self.reduce.kernel_op(d, out, None, threads,
                                          ins[1].off if self.residual else None))
         return ops
+
+
+def read_input_in_place(nodes, keep):
+    """Let the stem convolution read the NCHW model input itself: its im2col gather reads
+    any layout as cheaply, and the layout change (a full copy of the input) disappears."""
+    if len(nodes) < 2 or not isinstance(nodes[0], ToNHWC):
+        return nodes
+    to_nhwc, stem = nodes[0], nodes[1]
+    readers = [n for n in nodes if to_nhwc.output in n.inputs]
+    if (readers == [stem] and isinstance(stem, Conv) and stem.kind == "full"
+            and stem.inputs == (to_nhwc.output,) and to_nhwc.output not in keep):
+        stem.inputs, stem.nchw_input = to_nhwc.inputs, True
+        return nodes[1:]
+    return nodes
 
 
 def fuse_separable(nodes, keep):
@@ -724,5 +753,6 @@ class GraphBuilder:
     def build(self, outputs):
         self.store.check_all_used()
         names = [v for k, v in outputs.items() if k != "hidden_states" and v]
-        nodes = fuse_separable(self.nodes, names + list(outputs["hidden_states"]))
+        keep = names + list(outputs["hidden_states"])
+        nodes = fuse_separable(read_input_in_place(self.nodes, keep), keep)
         return Graph(nodes, self.input, outputs)
