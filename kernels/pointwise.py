@@ -31,8 +31,8 @@ import numpy as np
 
 from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
 from .policy import arenas, check, helper, job
-from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, gemm_tile_out, stack_buffer, vadd, vload,
-                   vload_n, vstore, vstore_n)
+from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, gemm_tile_out, gemv_tile_out, stack_buffer,
+                   vadd, vload, vload_n, vstore, vstore_n)
 from .workers import default_threads
 
 PointwiseWeight = namedtuple("PointwiseWeight", "panels cin cout")
@@ -153,6 +153,19 @@ def tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, re
 
 
 @helper
+def row_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, act):
+    """``simd.gemv_tile_out`` with the activation chosen here (one compiled copy each)."""
+    if act == ACT_RELU:
+        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 1)
+    elif act == ACT_RELU6:
+        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 2)
+    elif act == ACT_SILU:
+        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 3)
+    else:
+        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 0)
+
+
+@helper
 def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_off, ldo, res,
                r_off, has_res):
     """Rows 0..m of ``out = act(A @ W.T + bias) (+ res)``, for the panels p_lo..p_hi.
@@ -163,6 +176,12 @@ def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_
     at res.flat[r_off + r*ldo].  Panel-outer, row-tile-inner: a panel is reused from L1
     by all the row tiles.
     """
+    if m == 1 and not has_res:           # one row: a matrix-vector product
+        for p in range(p_lo, p_hi):
+            n0 = p * NR
+            row_out(a, a_off, w, w_off + p * k * NR, k, b_off + n0, min(NR, n - n0), out,
+                    o_off + n0, act)
+        return
     for p in range(p_lo, p_hi):
         n0 = p * NR
         ncols = min(NR, n - n0)

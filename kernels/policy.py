@@ -45,6 +45,7 @@ FASTMATH = {"contract", "reassoc"} if native.flag("TINYMVIT_FASTMATH", True) els
 OPTIONS = dict(fastmath=FASTMATH, error_model="numpy")
 CACHE_DIR = native.cache_root(repr((simd.ISA, sorted(FASTMATH or ()))), simd.FORCED_ISA)
 _LOCK = threading.RLock()
+_ANNOUNCED = False
 
 
 # ---------------------------------------------------------------- the decorators
@@ -86,6 +87,12 @@ class CFunction:
         return self._address
 
     def _compile(self):
+        global _ANNOUNCED
+        if not _ANNOUNCED:            # the first compilation of this process says so, once
+            _ANNOUNCED = True
+            where = (f"cached in {CACHE_DIR}, so this happens once" if CACHE_DIR
+                     else "not cached: see the line above")
+            native.say(f"compiling kernels for this CPU ({simd.ISA}); {where}")
         materialize()
         from numba.core import sigutils
         from numba.core.ccallback import CFunc

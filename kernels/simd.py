@@ -476,20 +476,26 @@ def _tile_rows(builder, a_p, a_base, lda, rows):
         builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
 
 
-def _tile_products(builder, row_ptrs, w_p, kn, init):
-    """The k loop of a register tile: MR x NV vector accumulators (phi nodes), from ``init``.
-    Per k: NV weight vectors (row k of the packed panel at w_p), MR broadcasts, MR*NV FMAs."""
+def _tile_products_rows(builder, row_ptrs, w_p, kn, init):
+    """The k loop of a register tile of len(row_ptrs) rows: NV vector accumulators per row
+    (phi nodes), from ``init``.  Per k: NV weight vectors (row k of the packed panel at
+    w_p), one broadcast per row, NV FMAs per row."""
     const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
 
     def step(k, accs):
         w_row = builder.gep(w_p, [builder.mul(k, const(NR))])
         b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(NV)]
         new = []
-        for i in range(MR):
-            s = _splat(builder, builder.load(builder.gep(row_ptrs[i], [k]), align=4))
+        for i, row in enumerate(row_ptrs):
+            s = _splat(builder, builder.load(builder.gep(row, [k]), align=4))
             new += [_fma(builder, s, b[j], accs[i * NV + j]) for j in range(NV)]
         return new
     return _loop(builder, const(0), kn, const(1), init, step, "k")
+
+
+def _tile_products(builder, row_ptrs, w_p, kn, init):
+    """The k loop of the MR x NR register tile (MR * NV accumulators)."""
+    return _tile_products_rows(builder, row_ptrs, w_p, kn, init)
 
 
 @intrinsic
@@ -582,6 +588,37 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
                       r_base, act, has_res), codegen
+
+
+@intrinsic
+def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_base, act):
+    """One row of a register tile, for a product with a single row (the batch-1 classifier):
+    ``out.flat[o_base + j] = act(sum_k a.flat[a_base + k] * w.flat[w_base + k*NR + j]
+    + w.flat[b_base + j])`` for j < ncols.  gemm_tile_out would compute MR rows for it.
+    The sums run over k in the same order as in a full tile, so a row gets the same bits
+    whether it is computed alone or in a batch."""
+    if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
+            and _ints(a_base, w_base, kn, b_base, ncols, o_base)
+            and isinstance(act, types.IntegerLiteral) and act.literal_value in ACTIVATIONS_IR):
+        return None
+    act_code = act.literal_value
+
+    def codegen(context, builder, sig, args):
+        a_p, w_p, out_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 7))
+        a_base, w_base, kn, b_base, ncols, o_base = (
+            _intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4, 5, 6, 8))
+        const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
+        row = [builder.gep(a_p, [a_base])]
+        sums = _tile_products_rows(builder, row, builder.gep(w_p, [w_base]), kn,
+                                   [_vconst(0.0)] * NV)
+        b_p, out_p = builder.gep(w_p, [b_base]), builder.gep(out_p, [o_base])
+        for j in range(NV):
+            mask = _lane_mask(builder, builder.sub(ncols, const(j * VEC)))
+            v = builder.fadd(sums[j], _load(builder, builder.gep(b_p, [const(j * VEC)]), mask))
+            _store(builder, _activation(builder, v, act_code),
+                   builder.gep(out_p, [const(j * VEC)]), mask)
+        return context.get_dummy_value()
+    return types.void(a, a_base, w, w_base, kn, b_base, ncols, out, o_base, act), codegen
 
 
 # ---------------------------------------------------------------- the depthwise micro-kernel

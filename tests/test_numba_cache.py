@@ -45,6 +45,9 @@ def read_only_install(tmp_path_factory):
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+COMPILING = "tinymvit: compiling kernels"   # a first run's notice
+
+
 def _run(code, env_changes, pythonpath=None, cwd=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("NUMBA_CACHE") and k not in ("TINYMVIT_DEBUG", "PYTHONPATH")}
@@ -54,7 +57,8 @@ def _run(code, env_changes, pythonpath=None, cwd=None):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=600, cwd=str(pythonpath or cwd))
     assert res.returncode == 0, res.stderr
-    return res.stdout.strip().splitlines(), res.stderr.strip().splitlines()
+    return res.stdout.strip().splitlines(), [line for line in res.stderr.strip().splitlines()
+                                             if not line.startswith(COMPILING)]
 
 
 def _cache_name():
