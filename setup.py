@@ -25,7 +25,7 @@ setup(
         "tinymvit.kernels": "kernels",
         "tinymvit.weights": "weights",
     },
-    install_requires=["numpy>=1.24", "numba>=0.59", "pillow>=9.1", "safetensors>=0.4"],
+    install_requires=["numpy>=1.24", "numba>=0.59", "pillow>=9.1", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require={
         # golden tests compare against transformers' PyTorch models (CPU build of torch); the
         # Hub tests need huggingface_hub, the Ray tests a local Ray Data instance

@@ -24,6 +24,7 @@ import numpy as np
 
 import tinymvit
 from tinymvit.cli import main as cli_main
+from tinymvit.jobs import expand_inputs
 
 
 def _check_predictions(preds):
@@ -70,7 +71,8 @@ def _run_cli(case):
         return "error", lines[0]                       # failed before any image ran
     records = json.loads(out.getvalue(), parse_constant=lambda c: 1 / 0)   # no bare NaN
     failed = [r for r in records if "error" in r]
-    if len(records) != 2 or code != (1 if failed else 0) or len(lines) != len(failed):
+    expected = len(expand_inputs([case["image"], twin])[0])      # a folder: its images
+    if len(records) != expected or code != (1 if failed else 0) or len(lines) != len(failed):
         return "bad", f"exit {code}, {len(records)} records, stderr {lines!r}"
     for r in records:
         if "predictions" in r:

@@ -95,7 +95,7 @@ def test_predict_segmentation_records(tmp_path, shared_images):
     model = tinymvit.load(random_checkpoint(tmp_path / "seg", "mobilenet_v2", task="segmentation",
                                             depth_multiplier=0.35, num_labels=4))
     paths = [str(p) for p in shared_images[:2]]
-    for path, (record, labels, _) in zip(paths, predict(model, paths, batch_size=2)):
+    for path, (record, labels, *_) in zip(paths, predict(model, paths, batch_size=2)):
         expected = model.segment(path)
         np.testing.assert_array_equal(labels, expected)
         assert record["path"] == path and (record["height"], record["width"]) == expected.shape

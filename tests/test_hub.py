@@ -287,3 +287,40 @@ def test_environment_variables_in_a_fresh_process(tmp_path, checkpoints):
     assert source == REPO
     np.testing.assert_array_equal(np.array(eval(logits), dtype=np.float32),
                                   _logits(tinymvit.load(checkpoints[0])))
+
+
+def test_cli_model_option_takes_repo_ids(cache, checkpoints, tmp_path, capsys):
+    """--model org/name[@revision] and --allow-pickle on the command line."""
+    import io
+
+    from PIL import Image
+
+    from tinymvit.cli import main
+    add_snapshot(cache, REPO, folder_files(checkpoints[0]))
+    add_snapshot(cache, REPO, folder_files(checkpoints[1]), ref="v2")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), np.uint8)).save(image)
+    for spec, folder in ((REPO, checkpoints[0]), (f"{REPO}@v2", checkpoints[1])):
+        out = io.StringIO()
+        assert main(["classify", str(image), "--model", spec, "--json"], out=out) == 0
+        want = tinymvit.load(folder).classify(str(image))
+        assert json.loads(out.getvalue())[0]["predictions"] == want
+    out = io.StringIO()
+    assert main(["info", f"{REPO}@v2"], out=out) == 0 and out.getvalue().startswith(f"{REPO}@v2")
+
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+    files = {k: v for k, v in folder_files(checkpoints[0]).items() if k != "model.safetensors"}
+    torch.save({k: torch.from_numpy(v) for k, v in
+                load_file(str(checkpoints[0] / "model.safetensors")).items()},
+               tmp_path / "pytorch_model.bin")
+    add_snapshot(cache, "tinyorg/pickled", {**files, "pytorch_model.bin":
+                                            tmp_path / "pytorch_model.bin"})
+    capsys.readouterr()
+    assert main(["bench", "--model", "tinyorg/pickled", "--seconds", "0.1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--allow-pickle" in err[0]
+    assert main(["convert", "tinyorg/pickled", str(tmp_path / "p.safetensors"),
+                 "--allow-pickle"]) == 0
+    np.testing.assert_array_equal(_logits(tinymvit.load(tmp_path / "p.safetensors")),
+                                  _logits(tinymvit.load(checkpoints[0])))

@@ -143,7 +143,7 @@ def test_segment_on_ray_equals_serial(local_ray, shared_checkpoint, shared_dir):
     got = {r["path"]: (r, m) for r, m in tray.segment(str(folder), paths, return_masks=True,
                                                        quiet=True)}
     assert sorted(got) == sorted(paths)
-    for record, labels, _ in predict(model, paths):
+    for record, labels, *_ in predict(model, paths):
         ray_record, mask = got[record["path"]]
         assert ray_record == record
         np.testing.assert_array_equal(mask, labels)
@@ -156,3 +156,21 @@ def test_bad_model_fails_before_the_job(local_ray, shared_checkpoint, tmp_path):
         list(tray.classify(str(tmp_path / "nope"), paths, quiet=True))
     with pytest.raises(tinymvit.InputError, match="classification checkpoint; expected a segm"):
         list(tray.segment(str(shared_checkpoint(CLS)), paths, quiet=True))
+
+
+def test_cli_ray_jsonl_equals_the_serial_cli_and_resumes(local_ray, shared_checkpoint, inputs,
+                                                         tmp_path, capsys):
+    """`tinymvit classify ... --ray` writes the serial command's JSONL records (in completion
+    order), and --resume on Ray adds exactly the missing ones."""
+    from tinymvit.cli import main
+    argv = ["classify", *inputs, "--model", str(shared_checkpoint(CLS)), "--top-k", "3", "-q"]
+    serial, on_ray, resumed = (tmp_path / f"{n}.jsonl" for n in ("serial", "ray", "resumed"))
+    assert main(argv + ["--jsonl", str(serial)]) == 1            # the corrupt and missing files
+    assert main(argv + ["--jsonl", str(on_ray), "--ray"]) == 1
+    lines = serial.read_text().splitlines(keepends=True)
+    assert sorted(on_ray.read_text().splitlines(keepends=True)) == sorted(lines)
+    resumed.write_text("".join(lines[:7]) + lines[7][:20])        # stopped mid-line
+    assert main(argv + ["--jsonl", str(resumed), "--ray", "--resume"]) == 1
+    assert sorted(resumed.read_text().splitlines(keepends=True)) == sorted(lines)
+    err = capsys.readouterr().err
+    assert f"{resumed}: removed a half-written last line (20 bytes)" in err

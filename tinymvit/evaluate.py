@@ -353,7 +353,8 @@ def segmentation_scores(confusion, id2label=None):
 # -- the evaluation loops ------------------------------------------------------------------------
 def evaluate(model, data, *, mode="whole", batch_size=16, workers=None, synsets=None,
              split=None, worst=10, progress=None, ignore_index=IGNORE_INDEX):
-    """Evaluate ``model`` (a Model, or anything ``tinymvit.load`` takes) on ``data``.
+    """Evaluate ``model`` (a Model, or anything ``tinymvit.load`` takes) on ``data`` (a path, or
+    what :func:`find_dataset` returned for it).
 
     Returns the result dict (``task``, ``images``, ``top1``/``top5`` or ``miou``/
     ``pixel_accuracy``/``per_class``, ``images_per_second``, ``errors``, ...).
@@ -365,7 +366,8 @@ def evaluate(model, data, *, mode="whole", batch_size=16, workers=None, synsets=
         model = load(model)
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    dataset = find_dataset(data, model, synsets=synsets, split=split)
+    dataset = data if isinstance(data, (ClassificationData, SegmentationData)) else \
+        find_dataset(data, model, synsets=synsets, split=split)
     if isinstance(dataset, SegmentationData):
         if model.task != "segmentation":
             raise InputError(f"{dataset.source} is a segmentation dataset (VOC layout) but the "

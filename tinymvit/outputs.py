@@ -37,11 +37,13 @@ def _real(path):
     return os.path.normcase(os.path.realpath(path))
 
 
-def _same_file(a, b):
+def _file_id(path):
+    """(device, inode) of an existing file (following links), else None."""
     try:
-        return os.path.samefile(a, b)
+        st = os.stat(path)
     except (OSError, ValueError):
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_output_paths(outputs, inputs=()):
@@ -52,31 +54,41 @@ def check_output_paths(outputs, inputs=()):
              ``(Path("cat.jpg"), "the input image")``.
     Raises :class:`OutputError` naming both paths; returns nothing.  Checked: an output
     that is an existing folder, an output that is an input (resolved path or same file),
-    two outputs that are the same file.
+    two outputs that are the same file.  Linear in the number of paths (one ``realpath``
+    and one ``stat`` each), so a run over 100 000 images is checked in seconds.
     """
-    seen = {}
-    reals = [(Path(p), what, _real(p)) for p, what in inputs]
+    by_real, by_id = {}, {}                      # inputs by resolved path / by (dev, inode)
+    for in_path, in_what in inputs:
+        entry = (Path(in_path), in_what)
+        by_real.setdefault(_real(in_path), entry)
+        file_id = _file_id(in_path)
+        if file_id is not None:
+            by_id.setdefault(file_id, entry)
+    seen, seen_ids = {}, {}                      # outputs so far, the same two ways
     for path, what in outputs:
         path = Path(path)
         if path.is_dir():
             raise OutputError(f"{printable(what)}: {printable(path)} is a folder; give a file name")
-        real = _real(path)
-        for in_path, in_what, in_real in reals:
-            if real == in_real or _same_file(path, in_path):
-                raise OutputError(
-                    f"{printable(what)} would write {printable(path)}, which is "
-                    f"{printable(in_what)} {printable(in_path)}; refusing to overwrite an input")
+        real, file_id = _real(path), _file_id(path)
+        hit = by_real.get(real) or (by_id.get(file_id) if file_id is not None else None)
+        if hit is not None:
+            in_path, in_what = hit
+            raise OutputError(
+                f"{printable(what)} would write {printable(path)}, which is "
+                f"{printable(in_what)} {printable(in_path)}; refusing to overwrite an input")
         if real in seen:
             other_path, other_what = seen[real]
             raise OutputError(
                 f"{printable(what)} and {printable(other_what)} would both write "
                 f"{printable(path)}; give each output its own name")
-        for other_real, (other_path, other_what) in seen.items():
-            if _same_file(path, other_path):
-                raise OutputError(
-                    f"{printable(what)} ({printable(path)}) and {printable(other_what)} "
-                    f"({printable(other_path)}) are the same file")
+        if file_id is not None and file_id in seen_ids:
+            other_path, other_what = seen_ids[file_id]
+            raise OutputError(
+                f"{printable(what)} ({printable(path)}) and {printable(other_what)} "
+                f"({printable(other_path)}) are the same file")
         seen[real] = (path, what)
+        if file_id is not None:
+            seen_ids[file_id] = (path, what)
 
 
 def atomic_write(path, write):

@@ -12,8 +12,9 @@ One definition of the records, shared by the command line's folder pipeline and 
 
 ``path`` is the item exactly as given (``str(item)``).
 
-    for record, labels, image in predict(model, paths, top_k=5, batch_size=16):
-        ...   # labels: the (H, W) label map (segmentation), image: the decoded RGB array
+    for record, labels, image, error in predict(model, paths, top_k=5, batch_size=16):
+        ...   # labels: the (H, W) label map (segmentation), image: the decoded RGB array,
+              # error: the exception of a failed image (its message is record["error"])
 """
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ class Prediction(NamedTuple):
     labels: Any = None        # segmentation: the (H, W) int64 label map; else None
     image: Any = None         # the decoded (H, W, 3) uint8 RGB image (None if it could not
     #                           be decoded), e.g. for an overlay without decoding it again
+    error: Exception = None   # why the image failed (a TinyMViTError or OSError), else None
 
 
 def classification_record(path, predictions):
@@ -53,9 +55,10 @@ def error_record(path, error):
 def predict_batch(model, batch, *, top_k=5, size=None):
     """Records of a list of :class:`tinymvit.batching.Decoded`, in order.
 
-    Returns a list of :class:`Prediction` (record, labels, image).  The decoded images go through
+    Returns a list of :class:`Prediction` (record, labels, image, error).  The decoded images go
+    through
     ``model.iter_classify`` / ``model.iter_segment`` as one batch (an image that fails there
-    gets its own error record; the others are unaffected).
+    gets its own error record, naming its path; the others are unaffected).
     """
     good = [d for d in batch if d.error is None]
     images = [d.image for d in good]
@@ -64,11 +67,14 @@ def predict_batch(model, batch, *, top_k=5, size=None):
     else:
         outputs = model.iter_classify(images, top_k=top_k, batch_size=max(1, len(good)))
     outputs = (result for _, result in outputs)          # one per good image, in order
-    results = []
+    results, position = [], -1                           # position: index in ``images``
     for d in batch:
+        position += d.error is None
         result = d.error if d.error is not None else next(outputs)
         if isinstance(result, Exception):
-            results.append(Prediction(error_record(d.item, result), None, d.image))
+            if d.error is None:              # failed in the model stage, named as an array
+                result = _named_by_path(result, position, d.image, d.item)
+            results.append(Prediction(error_record(d.item, result), None, d.image, result))
         elif model.task == "segmentation":
             results.append(Prediction(segmentation_record(d.item, result, model.id2label),
                                       result, d.image))
@@ -77,10 +83,21 @@ def predict_batch(model, batch, *, top_k=5, size=None):
     return results
 
 
-def predict(model, items, *, top_k=5, size=None, batch_size=16, workers=None):
-    """Yield a :class:`Prediction` (record, labels, image) for every item (path), in input
-    order, decoding ahead on ``workers`` threads in batches of ``batch_size`` (see
+def _named_by_path(error, position, image, path):
+    """``model.iter_*`` names a failing decoded image "image 3 (array of shape ...)": name it by
+    its path instead, as an error of the same type."""
+    from .api import _image_name
+    prefix = f"{_image_name(position, image)}: "
+    text = str(error)
+    text = text[len(prefix):] if text.startswith(prefix) else text
+    return type(error)(text if text.startswith(f"{path}: ") else f"{path}: {text}")
+
+
+def predict(model, items, *, top_k=5, size=None, batch_size=16, workers=None, ahead=2):
+    """Yield a :class:`Prediction` (record, labels, image, error) for every item (path), in
+    input order, decoding ahead on ``workers`` threads in batches of ``batch_size`` (at most
+    ``batch_size * (ahead + 1)`` decoded images in memory; see
     :func:`tinymvit.batching.decode_ahead`).  Unreadable images yield an error record; the run
     goes on."""
-    for batch in decode_ahead(items, batch_size=batch_size, workers=workers):
+    for batch in decode_ahead(items, batch_size=batch_size, workers=workers, ahead=ahead):
         yield from predict_batch(model, batch, top_k=top_k, size=size)
