@@ -10,7 +10,7 @@ How the pieces fit (read in this order):
 * ``simd.py``       -- SIMD vectors and the register tiles of the GEMM and depthwise
                        micro-kernels, sized for the CPU found at import;
 * ``policy.py``     -- how every kernel is compiled and where it is cached;
-* ``workers.py``    -- tinymvit's own worker threads, atomics and barriers;
+* ``workers.py``    -- tinymvit's own worker threads, atomics and job counters;
 * ``program.py``    -- a planned model as a table of ops, run by one executor;
 * the families      -- ``pointwise``, ``conv``, ``depthwise`` (with the fused inverted
                        residual), ``norm``, ``attention_separable``, ``attention_mha``,

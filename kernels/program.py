@@ -9,7 +9,8 @@ worker thread at once (``workers.py``)::
     for each op:                                  # in order: each reads what earlier ones wrote
         while (j := next job of this op) < op.n_jobs:   # the workers share the jobs
             run_job(A, W, op, j)                  # -> e.g. pointwise.gemm_job
-        barrier                                   # the op is finished everywhere
+            count it finished
+        (the next op waits until all of this op's jobs are counted finished)
 
 Memory is two flat float32 *arenas*: ``A`` holds every activation tensor of the
 plan (and scratch space), ``W`` every weight of the model; ops name tensors by
@@ -38,7 +39,7 @@ from .pointwise import gemm_job
 from .policy import OP_FIELDS, SCRATCH, check, entry, numba
 from .pooling import pool_job
 from .resize import resize_job
-from .workers import POOL, barrier, default_threads, next_job
+from .workers import POOL, default_threads, job_done, next_job, wait_done
 
 FIELDS = OP_FIELDS     # int64 fields per op row: [op code, jobs, the op's own fields...]
 ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a cache line)
@@ -148,12 +149,14 @@ EXECUTE_SIGNATURE = ("void(CPointer(float32), int64, CPointer(float32), int64, C
 @entry(EXECUTE_SIGNATURE)
 def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers):
     """Ops first..last of the op table (n_ops rows at pprog) on the arenas A and W, as
-    worker ``worker`` of ``n_workers``: the workers take turns at each op's jobs (counter
-    sync[1 + op]) and wait for each other before the next op (sync[0]).  pjobs: the job
-    functions' addresses by op code (:func:`job_addresses`)."""
+    worker ``worker`` of ``n_workers``: the workers take turns at each op's jobs (claimed
+    from the counter sync[2k] for the k-th op run, counted finished in sync[2k + 1]); an op
+    starts once every job of the op before it is finished, and worker 0 returns once the
+    last op is finished.  pjobs: the job functions' addresses by op code
+    (:func:`job_addresses`)."""
     prog = numba.carray(pprog, (n_ops, OP_FIELDS))
     jobs = numba.carray(pjobs, (N_CODES,))
-    sync = numba.carray(psync, (2 + last - first,))
+    sync = numba.carray(psync, (2 * (last - first),))
     for i in range(first, last):
         address = jobs[prog[i, 0]]
         n_jobs = prog[i, 1]
@@ -161,12 +164,17 @@ def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, wor
             for j in range(n_jobs):
                 call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
             continue
+        k = i - first
+        if k > 0:
+            wait_done(sync, 2 * k - 1, prog[i - 1, 1])      # the op before is finished
         while True:
-            j = next_job(sync, 1 + i - first)
+            j = next_job(sync, 2 * k)
             if j >= n_jobs:
                 break
             call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
-        barrier(sync, 1 + i - first, n_workers)
+            job_done(sync, 2 * k + 1)
+    if n_workers > 1 and worker == 0 and last > first:
+        wait_done(sync, 2 * (last - first) - 1, prog[last - 1, 1])
 
 
 _EXECUTE = []      # the ctypes function for execute (made on first use)
@@ -185,7 +193,7 @@ def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
 
 def run_program(A, W, prog, jobs, first, last, threads=1):
     """Run ops first..last of ``prog`` on ``threads`` threads (jobs: :func:`job_addresses`)."""
-    POOL.run(_execute, (A, W, prog, jobs, first, last), threads, 2 + last - first)
+    POOL.run(_execute, (A, W, prog, jobs, first, last), threads, 2 * (last - first))
 
 
 def bind_ops(ops, A, W, threads=None):

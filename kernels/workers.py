@@ -5,25 +5,35 @@ A kernel that runs on several cores is an ordinary Numba function compiled with
 thread and ``threads - 1`` pool threads -- each with its own ``worker`` number.
 The workers share the jobs of a loop by taking the next free job index from a
 counter they increment atomically (:func:`next_job`), so a slow job never leaves
-the other cores idle, and they meet at a :func:`barrier` where later work needs
-everything before it done::
+the other cores idle.  Each finished job is counted in a second counter
+(:func:`job_done`); work that needs a loop's results waits for that count to
+reach the loop's size (:func:`wait_done`), not for the other *threads*::
 
     while True:                              # in every worker
-        j = next_job(sync, slot)
+        j = next_job(sync, claimed)
         if j >= n_jobs:
             break
         ... job j ...
-    barrier(sync, 1, n_workers)              # all jobs done, in every worker
+        job_done(sync, finished)
+    wait_done(sync, finished, n_jobs)        # every job of the loop is finished
+
+So a worker thread the operating system has not scheduled yet (a busy machine)
+never holds the others up: they take its share of the jobs, and when it wakes
+it finds nothing left and moves on.  The calling thread returns as soon as the
+last job is finished, without waiting for pool threads that have not even
+started.
 
 No OpenMP or TBB is involved: a forked child simply starts new pool threads (no
 hang after ``fork``), and Numba compiles plain serial functions (a parallel
 ``prange`` kernel costs several seconds of compilation each).  A pool thread
-waits on a semaphore between calls, so it uses no CPU while the model is idle;
-at a barrier it spins briefly (it is only ever waiting for another core), then
-yields.  One model call uses the pool at a time; a concurrent call from another
-thread runs on its own thread instead of waiting (calls never block each other).
+waits on a queue between calls, so it uses no CPU while the model is idle;
+waiting for a job count it spins briefly (it is only ever waiting for another
+core), then yields the core.  One model call uses the pool at a time; a
+concurrent call from another thread runs on its own thread instead of waiting
+(calls never block each other).
 """
 import os
+import queue
 import threading
 
 import numpy as np
@@ -103,15 +113,16 @@ def next_job(sync, slot):
 
 
 @helper
-def barrier(sync, k, n_workers):
-    """Wait until every worker has arrived at its k-th barrier (k = 1, 2, ...).
+def job_done(sync, slot):
+    """Count one finished job in sync[slot] (its writes are visible to whoever sees the count)."""
+    atomic_add(sync, slot, 1)
 
-    sync[0] counts arrivals; writes made before a worker's arrival are visible to all
-    workers after it (the add is sequentially consistent, the loads acquire)."""
-    atomic_add(sync, 0, 1)
-    target = k * n_workers
+
+@helper
+def wait_done(sync, slot, n_jobs):
+    """Wait until sync[slot] counts n_jobs finished jobs (spin briefly, then yield the core)."""
     spins = 0
-    while atomic_load(sync, 0) < target:
+    while atomic_load(sync, slot) < n_jobs:
         if spins < SPINS:
             cpu_relax()
             spins += 1
@@ -132,23 +143,20 @@ class Pool:
     """Threads that run ``fn(*args, sync, worker, n_workers)`` beside the calling thread."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._threads, self._pid = [], os.getpid()
+        self._reset_after_fork()
 
     def _reset_after_fork(self):
         self._lock = threading.Lock()
         self._threads, self._pid = [], os.getpid()
 
-    def _ensure(self, n):
-        while len(self._threads) < n:
-            worker = _Worker(len(self._threads) + 1)
-            self._threads.append(worker)
-
     def run(self, fn, args, n_workers, sync_slots):
-        """Run ``fn`` on ``n_workers`` threads (this one is worker 0) and wait for all.
+        """Run ``fn`` on ``n_workers`` threads (this one is worker 0).
 
-        ``sync_slots``: int64 counters the workers share (zeroed here).  If the pool is
-        busy (another thread's call) or ``n_workers`` is 1, this thread runs alone.
+        ``sync_slots``: int64 counters the workers share (zeroed here).  ``fn`` must return
+        in worker 0 only when the whole task is done (it waits for job counts, see the
+        module docstring); the pool threads may still be on their way out -- or not yet
+        have started -- when this returns: they find no jobs left.  If the pool is busy
+        (another thread's call) or ``n_workers`` is 1, this thread runs alone.
         """
         if os.getpid() != self._pid:             # a forked child: the threads are gone
             self._reset_after_fork()
@@ -157,46 +165,37 @@ class Pool:
             fn(*args, sync, 0, 1)
             return
         try:
-            self._ensure(n_workers - 1)
-            helpers = self._threads[:n_workers - 1]
-            for w in helpers:
+            while len(self._threads) < n_workers - 1:
+                self._threads.append(_Worker(len(self._threads) + 1))
+            for w in self._threads[:n_workers - 1]:
                 w.submit(fn, args, sync, n_workers)
             fn(*args, sync, 0, n_workers)
-            errors = [w.wait() for w in helpers]
         finally:
             self._lock.release()
-        for e in errors:
-            if e is not None:
-                raise e
 
 
 class _Worker:
+    """One pool thread: runs the tasks queued for it, in order."""
+
     def __init__(self, number):
         self.number = number
-        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
-        self._task, self._error = None, None
+        self._tasks = queue.SimpleQueue()
         threading.Thread(target=self._loop, name=f"tinymvit-worker-{number}",
                          daemon=True).start()
 
     def submit(self, fn, args, sync, n_workers):
-        self._task = (fn, args, sync, n_workers)
-        self._go.release()
-
-    def wait(self):
-        self._done.acquire()
-        return self._error
+        self._tasks.put((fn, args, sync, n_workers))
 
     def _loop(self):
         while True:
-            self._go.acquire()
-            fn, args, sync, n_workers = self._task
-            self._task = None
+            fn, args, sync, n_workers = self._tasks.get()
             try:
-                self._error = None
                 fn(*args, sync, self.number, n_workers)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                self._error = exc
-            self._done.release()
+            except BaseException as exc:  # noqa: BLE001 - a pool thread must not die
+                # The calling thread has done (or does) every job this one did not, so the
+                # result is complete; say what happened rather than lose it.
+                import sys
+                print(f"tinymvit: worker thread {self.number}: {exc!r}", file=sys.stderr)
 
 
 POOL = Pool()
