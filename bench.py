@@ -522,9 +522,6 @@ def child_speed(spec):
                 x = np.random.default_rng(batch).standard_normal(
                     (batch, 3, model["size"], model["size"]), dtype=np.float32)
                 res[str(batch)] = time_calls(call, x, spec)
-            if rt == "tinymvit":
-                import numba
-                res["threading_layer"] = numba.threading_layer()
         except Exception as exc:  # noqa: BLE001 - report it, go on with the next model
             res["error"] = f"{type(exc).__name__}: {exc}"[:300]
     bad = forbidden_imports(rt)
@@ -596,14 +593,19 @@ GEMM_SHAPES = [
     _conv("v2-seg ASPP 3x3 dil 6 32x32: 512->512", 32, 512, 512, 3, 6),
 ]
 SGEMM_SQUARES = [1024, 2048]
-# The kernels the GEMM benchmark calls, with the leading parameters it passes (positionally).
+# The kernels the GEMM benchmark calls, with the leading parameters it passes (positionally):
+# each shape becomes one planned op on arenas, run the way a model runs it (no copies).
 GEMM_API = {
     "tinymvit.kernels.pointwise.prepare_pointwise_weight": ["w"],
-    "tinymvit.kernels.pointwise.pointwise_conv": ["x", "wp", "bias", "act", "out"],
+    "tinymvit.kernels.pointwise.gemm_op": ["a_off", "m", "k", "w_off", "b_off", "n", "act",
+                                           "o_off", "r_off", "threads"],
     "tinymvit.kernels.conv.prepare_conv_weight": ["w"],
-    "tinymvit.kernels.conv.conv2d": ["x", "wp", "bias", "stride", "dilation", "pad_top",
-                                     "pad_left", "act", "out"],
+    "tinymvit.kernels.conv.conv_op": ["x_off", "x_shape", "o_off", "out_shape", "wp", "w_off",
+                                      "b_off", "stride", "dilation", "pad_top", "pad_left",
+                                      "act", "threads"],
+    "tinymvit.kernels.program.bind_ops": ["ops", "A", "W", "threads"],
 }
+GEMM_THREADS = "tinymvit's own worker threads"
 
 
 def useful_macs(shape):
@@ -654,36 +656,44 @@ def gemm_api():
 
 
 def child_gemm(spec):
-    """tinymvit's pointwise / conv kernels on GEMM_SHAPES at spec['threads'] threads."""
-    import numba
+    """tinymvit's pointwise / conv ops on GEMM_SHAPES at spec['threads'] threads."""
     import numpy as np
 
+    from tinymvit.kernels.program import Arena
+
     api = gemm_api()
-    numba.set_num_threads(spec["threads"])
+    t = spec["threads"]
     rng = np.random.default_rng(0)
     out = {}
     for shape in GEMM_SHAPES:
         m, k, n = shape["m"], shape["k"], shape["n"]
         bias = rng.standard_normal(n, dtype=np.float32)
+        A, W = Arena(), Arena()
         if "ksize" in shape:
             s, cin, kk, d = shape["side"], shape["cin"], shape["ksize"], shape["dilation"]
             x = rng.standard_normal((1, s, s, cin), dtype=np.float32)
             w = (rng.standard_normal((n, cin, kk, kk)) / np.sqrt(k)).astype(np.float32)
-            y = np.empty((1, s, s, n), np.float32)
             wp = api["prepare_conv_weight"](w)
+            xo, oo = A.add(x), A.add(size=s * s * n)
+            wo, bo = W.add(wp.panels), W.add(bias)
             pad = (kk // 2) * d
-            fn = lambda: api["conv2d"](x, wp, bias, 1, d, pad, pad, 0, y)  # noqa: E731
+            op = api["conv_op"](xo, x.shape, oo, (1, s, s, n), wp, wo, bo, 1, d, pad, pad, 0, t)
+            y_shape = (1, s, s, n)
         else:
             x = rng.standard_normal((m, k), dtype=np.float32)
             w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-            y = np.empty((m, n), np.float32)
             wp = api["prepare_pointwise_weight"](w)
-            fn = lambda: api["pointwise_conv"](x, wp, bias, 0, y)  # noqa: E731
+            xo, oo = A.add(x), A.add(size=m * n)
+            wo, bo = W.add(wp.panels), W.add(bias)
+            op = api["gemm_op"](xo, m, k, wo, bo, n, 0, oo, None, t)
+            y_shape = (m, n)
+        arena, fn = api["bind_ops"]([op], A.build(), W.build(), t)
         rate = median_rate(fn, 2 * useful_macs(shape), spec["budget"])
+        y = arena[oo:oo + int(np.prod(y_shape))].reshape(y_shape)
         err = gemm_error(x, w, bias, y, shape)
         out[shape["name"]] = dict(gflops=rate, rel_err=err)
-        progress(f"  tinymvit {spec['threads']}t {shape['name']:<40} {rate:7.1f} GFLOP/s")
-    emit(dict(shapes=out, threading_layer=numba.threading_layer()))
+        progress(f"  tinymvit {t}t {shape['name']:<40} {rate:7.1f} GFLOP/s")
+    emit(dict(shapes=out, threading_layer=GEMM_THREADS))
 
 
 def gemm_error(x, w, bias, y, shape):
@@ -1190,17 +1200,25 @@ def classify_image(args):
     return img
 
 
+# Start-up is measured with Python's byte-code cache on, as a user has it after ``pip install``
+# (which writes the .pyc files): a PYTHONDONTWRITEBYTECODE=1 environment (some sandboxes set
+# it) would recompile every tinymvit module from source at each start, ~0.1 s, while the
+# runtimes installed as wheels have their .pyc files.  The first (warm-up) process writes them.
+STARTUP_ENV = dict(PYTHONDONTWRITEBYTECODE=None)
+
+
 def bench_startup(info, args, log):
     """Start-up and peak RSS in fresh processes; classify process; optional cold cache."""
     names = [n for n in args.startup_models if n in info]
     out = dict(runs=[], classify=[], cold=[])
     reps = args.startup_reps
-    log(f"\nStart-up: fresh processes, batch 1, default threads, warm Numba cache, "
+    log(f"\nStart-up: fresh processes, batch 1, default threads, warm kernel and byte-code caches, "
         f"median of {reps}")
     for name in names:
         m = info[name]
         base = dict(folder=m["folder"], onnx=m["onnx"], size=MODELS[name]["size"])
-        warm = run_child("startup", dict(base, runtime="tinymvit"))  # fill the cache if cold
+        warm = run_child("startup", dict(base, runtime="tinymvit"),   # fill the caches if cold
+                         env=STARTUP_ENV)
         if warm.get("error"):
             log(f"  {name} tinymvit: {warm['error']}")
         runs = {"tinymvit": [], "ort": []}
@@ -1208,7 +1226,7 @@ def bench_startup(info, args, log):
             for rt in (("tinymvit", "ort") if rep % 2 == 0 else ("ort", "tinymvit")):
                 if rt == "ort" and not m["onnx"]:
                     continue
-                runs[rt].append(run_child("startup", dict(base, runtime=rt)))
+                runs[rt].append(run_child("startup", dict(base, runtime=rt), env=STARTUP_ENV))
         for rt, rs in runs.items():
             good = [r for r in rs if not r.get("error")]
             row = dict(model=name, runtime=rt, reps=len(good),
@@ -1227,7 +1245,9 @@ def bench_startup(info, args, log):
         walls, err = [], None
         for _ in range(reps):
             t0 = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(args.cache_dir))
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(args.cache_dir),
+                               env={k: v for k, v in os.environ.items()
+                                    if k not in STARTUP_ENV})
             walls.append(time.perf_counter() - t0)
             if p.returncode != 0:
                 err = (p.stderr.strip().splitlines() or ["?"])[-1][:200]
@@ -1331,8 +1351,8 @@ def print_gemm(g, log):
     def squares(t):
         return ", ".join(f"{n}^2 {v:.1f}" for n, v in (g["squares"].get(t) or {}).items())
 
-    log(f"\nGEMM GFLOP/s, median (tinymvit: tinymvit.kernels pointwise_conv / conv2d, threading "
-        f"layer {g['threading_layer']}; NumPy: np.matmul sgemm on the same M x K x N)")
+    log(f"\nGEMM GFLOP/s, median (tinymvit: one planned gemm / conv op, {g['threading_layer']}; "
+        f"NumPy: np.matmul sgemm on the same M x K x N)")
     shape_cols = f"{'shape':<41} {'M':>5} {'K':>5} {'N':>5} | "
     log(" " * len(shape_cols) + "".join(f"{f'{t} thread(s)':^19} | " for t in shown))
     head = shape_cols + f"{'tiny':>6} {'%peak':>5} {'NumPy':>6} | " * len(shown) + "scale  verdict"

@@ -2,10 +2,11 @@
 
 The first time a job function is needed, Numba compiles it into machine code
 (``policy.Job``).  That code is saved here as an object file, and every later
-process loads the object file straight into an LLVM JIT engine (``llvmlite``, a
-small part of Numba's install) and calls it through a C function pointer: Numba
-itself is never imported then, which takes a process from ``import tinymvit`` to
-its first result several times faster.
+process loads the object file itself (``elf.py``, on Linux x86-64; elsewhere
+into an LLVM JIT engine from ``llvmlite``, a small part of Numba's install) and
+calls it through a C function pointer: neither Numba nor LLVM is loaded then,
+which takes a process from ``import tinymvit`` to its first result several
+times faster, in a fraction of the memory.
 
 Where the files live: a folder whose name is a hash of every kernel source
 file, of Numba's and LLVM's versions, of the compile options and of the host CPU
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import threading
 
+from . import elf
+
 KERNELS_DIR = os.path.dirname(os.path.realpath(__file__))
 _LOCK = threading.RLock()
 
@@ -47,10 +50,26 @@ def flag(name, default):
 
 
 # ---------------------------------------------------------------- the cache folder
+def host_cpu():
+    """(name, features) of this CPU: /proc/cpuinfo's model name and flags on Linux (no LLVM
+    needed), else LLVM's host CPU name and features."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                        if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "flags" in info:
+            return info.get("model name", "?"), frozenset(info["flags"].split())
+    except (OSError, ValueError):
+        pass
+    import llvmlite.binding as ll
+    features = ll.get_host_cpu_features()
+    return ll.get_host_cpu_name(), frozenset(k for k, on in features.items() if on)
+
+
 def cache_key(options):
     """A short hash of everything compiled code depends on (``options``: a string naming
     the compile options and tile sizes)."""
-    import llvmlite.binding as ll
     h = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(KERNELS_DIR, "*.py"))):
         with open(path, "rb") as f:
@@ -63,8 +82,9 @@ def cache_key(options):
             with open(version_file, "rb") as f:
                 numba_version = hashlib.sha256(f.read()).hexdigest()
     import llvmlite
+    name, features = host_cpu()
     h.update(repr((numba_version, llvmlite.__version__, sys.version_info[:2], options,
-                   ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten())).encode())
+                   name, sorted(features))).encode())
     return h.hexdigest()[:16]
 
 
@@ -143,7 +163,7 @@ def load(folder, key):
             with open(sym, "rb") as f:
                 symbol, _, digest = f.read().decode().partition(" ")
             if digest == hashlib.sha256(code).hexdigest():
-                address = _Engine.get().add(code, symbol)
+                address = load_code(code, symbol)
                 problem = f"no function {symbol}"
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes LLVM raise
             problem = type(exc).__name__
@@ -158,18 +178,21 @@ def load(folder, key):
         return None
 
 
+def load_code(code, symbol, engine=None):
+    """The address of function ``symbol`` in object file ``code``, loaded by ``elf.py``
+    or, where it cannot, by LLVM (``engine="llvm"`` forces LLVM)."""
+    if engine != "llvm":
+        try:
+            return elf.load_function(code, symbol, runtime_symbols().get)
+        except elf.Unsupported:
+            pass
+    return _Engine.get().add(code, symbol)
+
+
 class _Engine:
     """One LLVM JIT engine holding the cached object files of this process."""
 
     _instance = None
-
-    # the two Numba runtime functions compiled code refers to on its error paths (jobs raise
-    # nothing and allocate nothing, so they are never called), as Numba's runtime defines them
-    STUBS = """
-    declare void @free(ptr)
-    define void @NRT_MemInfo_call_dtor(ptr %m) { ret void }
-    define void @NRT_Free(ptr %p) { call void @free(ptr %p) ret void }
-    """
 
     @classmethod
     def get(cls):
@@ -182,13 +205,13 @@ class _Engine:
         ll.initialize_native_target()
         ll.initialize_native_asmprinter()
         self.ll = ll
-        _register_numba_symbols(ll)
+        for name, address in runtime_symbols().items():
+            ll.add_symbol(name, address)
         target = ll.Target.from_default_triple()
         tm = target.create_target_machine(cpu=ll.get_host_cpu_name(),
                                           features=ll.get_host_cpu_features().flatten(),
                                           jit=True)
-        stubs = ll.parse_assembly(self.STUBS)
-        self.engine = ll.create_mcjit_compiler(stubs, tm)
+        self.engine = ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
         self.engine.finalize_object()
 
     def add(self, code, symbol):
@@ -197,12 +220,45 @@ class _Engine:
         return self.engine.get_function_address(symbol)
 
 
-def _register_numba_symbols(ll):
-    """Tell LLVM where Numba's C helper functions are, reading the two C extension modules
-    that hold them directly (importing the ``numba`` package itself would cost ~0.2 s)."""
+_SYMBOLS = {}
+
+
+class _Resolver(dict):
+    """name -> address of what compiled code refers to; names not listed are looked up in
+    the process (the C library, Python's C API)."""
+
+    def get(self, name, default=None):
+        if name in self:
+            return self[name]
+        import ctypes
+        try:
+            return ctypes.cast(getattr(_process(), name), ctypes.c_void_p).value
+        except AttributeError:
+            return default
+
+
+def _process():
+    import ctypes
+    if "process" not in _SYMBOLS:
+        _SYMBOLS["process"] = ctypes.CDLL(None) if os.name == "posix" else ctypes.pythonapi
+    return _SYMBOLS["process"]
+
+
+def runtime_symbols():
+    """Addresses of the Numba runtime functions and Python objects compiled code refers to.
+
+    Numba's C helpers are read from the two small C extension modules that hold them
+    (importing the ``numba`` package itself would cost ~0.2 s).  Jobs raise nothing and
+    allocate nothing, so these are only ever reached on error paths that never run; the
+    two NRT functions are stand-ins as Numba's runtime defines them (a no-op destructor
+    call, and free)."""
+    if "table" in _SYMBOLS:
+        return _SYMBOLS["table"]
+    import builtins
+    import ctypes
+    table = _Resolver()
     root = importlib.util.find_spec("numba").submodule_search_locations[0]
-    for name, pattern, prefix in (("numba._helperlib", "_helperlib*", "numba_"),
-                                  ("numba._dynfunc", "_dynfunc*", "numba_")):
+    for name, pattern in (("numba._helperlib", "_helperlib*"), ("numba._dynfunc", "_dynfunc*")):
         module = sys.modules.get(name)
         if module is None:
             path = [p for p in glob.glob(os.path.join(root, pattern))
@@ -212,9 +268,14 @@ def _register_numba_symbols(ll):
                 importlib.util.spec_from_file_location(name, path, loader=loader))
             loader.exec_module(module)
         for py_name, address in module.c_helpers.items():
-            ll.add_symbol(prefix + py_name, address)
-    ll.add_symbol("_Py_NoneStruct", id(None))
-    import builtins
+            table["numba_" + py_name] = address
+    table["_Py_NoneStruct"] = id(None)
     for obj in vars(builtins).values():
         if isinstance(obj, type) and issubclass(obj, BaseException):
-            ll.add_symbol(f"PyExc_{obj.__name__}", id(obj))
+            table[f"PyExc_{obj.__name__}"] = id(obj)
+    no_op = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda meminfo: None)
+    _SYMBOLS["no_op"] = no_op                              # kept alive
+    table["NRT_MemInfo_call_dtor"] = ctypes.cast(no_op, ctypes.c_void_p).value
+    table["NRT_Free"] = ctypes.cast(_process().free, ctypes.c_void_p).value
+    _SYMBOLS["table"] = table
+    return table

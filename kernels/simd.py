@@ -48,6 +48,7 @@ splits the 16-lane operations where the CPU has no AVX-512).
 import os
 
 from .lazy import LazyModule, intrinsic, on_numba
+from .native import host_cpu
 
 ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
 types = LazyModule("numba.core.types")
@@ -58,20 +59,19 @@ TILES = {"avx512": (16, 12, 2), "avx2": (8, 6, 2), "generic": (4, 4, 4)}
 
 
 def _host_isa():
-    """'avx512', 'avx2' or 'generic', from LLVM's view of the host CPU (or TINYMVIT_ISA)."""
+    """'avx512', 'avx2' or 'generic', from the host CPU's features (or TINYMVIT_ISA)."""
     forced = os.environ.get("TINYMVIT_ISA", "").strip().lower()
     if forced:
         if forced not in TILES:
             raise ValueError(f"TINYMVIT_ISA={forced!r}: expected one of {', '.join(TILES)}")
         return forced
     try:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features()
+        _, features = host_cpu()
     except Exception:  # noqa: BLE001 - no feature query on this platform: stay generic
         return "generic"
-    if features.get("avx512f"):
+    if "avx512f" in features:
         return "avx512"
-    if features.get("avx2") and features.get("fma"):
+    if "avx2" in features and "fma" in features:
         return "avx2"
     return "generic"
 

@@ -135,3 +135,15 @@ def test_a_damaged_cache_file_is_dropped_and_rebuilt(warm_cache, tmp_path, damag
 
 def test_the_kernels_cache_folder_is_reported():
     assert tinymvit.kernels.CACHE_DIR is None or os.path.isdir(tinymvit.kernels.CACHE_DIR)
+
+
+def test_a_warm_process_loads_neither_numba_nor_llvm(warm_cache):
+    """Start-up with a warm cache: the kernels' machine code is linked by kernels/elf.py, so
+    neither Numba (~0.2 s) nor, on Linux x86-64, the LLVM library (~50 ms, ~48 MB) loads."""
+    from tinymvit.kernels import elf
+    code = KERNEL_RUN + ("import sys\n"
+                         "print(sorted(m for m in ('numba', 'llvmlite.binding') "
+                         "if m in sys.modules))\n")
+    out, err = _run(code, {"NUMBA_CACHE_DIR": str(warm_cache)}, cwd=warm_cache.parent)
+    assert err == [] and out[0] == EXPECTED
+    assert out[1] == ("[]" if elf.supported() else "['llvmlite.binding']")
