@@ -55,6 +55,21 @@ def on_numba(hook):
     return hook
 
 
+def _one_copy(dispatcher, options):
+    """A helper that is not inlined is compiled once per argument *types*: a call passing
+    the constant 0 or False compiles the same code as one passing a variable (Numba would
+    otherwise compile a copy for each literal value, each costing compile time)."""
+    if options.get("inline") == "always":       # inlined into the caller: typed there
+        return dispatcher
+    from numba.core.types import unliteral
+    typed = dispatcher.get_call_template
+
+    def get_call_template(args, kws):
+        return typed(tuple(unliteral(a) for a in args), {k: unliteral(v) for k, v in kws.items()})
+    dispatcher.get_call_template = get_call_template
+    return dispatcher
+
+
 def materialize():
     """Import Numba and replace every recorded stand-in in the kernel modules (once)."""
     global _DONE
@@ -69,7 +84,7 @@ def materialize():
         for placeholder in _INTRINSICS:
             real[id(placeholder)] = (placeholder, numba_intrinsic(placeholder.definer))
         for fn, options in _HELPERS:
-            real[id(fn)] = (fn, numba.njit(**options)(fn))
+            real[id(fn)] = (fn, _one_copy(numba.njit(**options)(fn), options))
         package = __name__.rsplit(".", 1)[0]
         for name, module in list(sys.modules.items()):
             if module is None or not name.startswith(package + "."):

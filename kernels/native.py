@@ -148,6 +148,12 @@ def save(folder, key, symbol, code):
         say(f"could not save a compiled kernel in {folder} ({exc.strerror})")
 
 
+def is_cached(folder, key):
+    """Whether ``key``'s files are in the cache (not whether they are sound: see load)."""
+    return folder is not None and all(os.path.isfile(os.path.join(folder, key + suffix))
+                                      for suffix in (".o", ".sym"))
+
+
 def load(folder, key):
     """The address of the cached function ``key``, or None (not cached, or damaged)."""
     if folder is None:

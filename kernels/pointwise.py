@@ -121,51 +121,6 @@ def bias_act_channels(x, off, c_lo, c_hi, w, b_off, act):
 
 
 @helper
-def tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off, act,
-             has_res):
-    """One register tile with its epilogue (``simd.gemm_tile_out``), the activation and the
-    residual chosen here: each combination is its own compiled copy of the tile."""
-    if has_res:
-        if act == ACT_RELU:
-            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
-                          r_off, 1, True)
-        elif act == ACT_RELU6:
-            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
-                          r_off, 2, True)
-        elif act == ACT_SILU:
-            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
-                          r_off, 3, True)
-        else:
-            gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res,
-                          r_off, 0, True)
-    elif act == ACT_RELU:
-        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
-                      1, False)
-    elif act == ACT_RELU6:
-        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
-                      2, False)
-    elif act == ACT_SILU:
-        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
-                      3, False)
-    else:
-        gemm_tile_out(a, a_off, lda, rows, w, w_off, k, b_off, ncols, out, o_off, ldo, res, r_off,
-                      0, False)
-
-
-@helper
-def row_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, act):
-    """``simd.gemv_tile_out`` with the activation chosen here (one compiled copy each)."""
-    if act == ACT_RELU:
-        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 1)
-    elif act == ACT_RELU6:
-        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 2)
-    elif act == ACT_SILU:
-        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 3)
-    else:
-        gemv_tile_out(a, a_off, w, w_off, k, b_off, ncols, out, o_off, 0)
-
-
-@helper
 def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_off, ldo, res,
                r_off, has_res):
     """Rows 0..m of ``out = act(A @ W.T + bias) (+ res)``, for the panels p_lo..p_hi.
@@ -179,16 +134,16 @@ def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_
     if m == 1 and not has_res:           # one row: a matrix-vector product
         for p in range(p_lo, p_hi):
             n0 = p * NR
-            row_out(a, a_off, w, w_off + p * k * NR, k, b_off + n0, min(NR, n - n0), out,
-                    o_off + n0, act)
+            gemv_tile_out(a, a_off, w, w_off + p * k * NR, k, b_off + n0, min(NR, n - n0),
+                          out, o_off + n0, act)
         return
     for p in range(p_lo, p_hi):
         n0 = p * NR
         ncols = min(NR, n - n0)
         for m0 in range(0, m, MR):
-            tile_out(a, a_off + m0 * lda, lda, min(MR, m - m0), w, w_off + p * k * NR, k,
-                     b_off + n0, ncols, out, o_off + m0 * ldo + n0, ldo, res,
-                     r_off + m0 * ldo + n0, act, has_res)
+            gemm_tile_out(a, a_off + m0 * lda, lda, min(MR, m - m0), w, w_off + p * k * NR,
+                          k, b_off + n0, ncols, out, o_off + m0 * ldo + n0, ldo, res,
+                          r_off + m0 * ldo + n0, act, has_res)
 
 
 # ---------------------------------------------------------------- the op

@@ -33,6 +33,7 @@ The options:
 * caching: compiled code is kept on disk (``native.py``: where, and why it can never
   be stale); ``TINYMVIT_NUMBA_CACHE=0`` turns it off.
 """
+import os
 import threading
 
 import numpy as np
@@ -56,7 +57,9 @@ def helper(fn=None, *, inline=False):
     (``inline="always"``): for tiny functions whose callers pass compile-time constants.
     """
     def wrap(f):
-        return register_helper(f, dict(inline="always" if inline else "never", **OPTIONS))
+        # no_cpython_wrapper: a helper is never called from Python (saves compile time)
+        return register_helper(f, dict(inline="always" if inline else "never",
+                                       no_cpython_wrapper=True, **OPTIONS))
     return wrap if fn is None else wrap(fn)
 
 
@@ -77,6 +80,11 @@ class CFunction:
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
         self.key = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
         self._address, self._keep = None, None
+
+    @property
+    def status(self):
+        """'compiled' in this process, 'cached' (loaded from the disk cache) or 'unused'."""
+        return "unused" if self._address is None else "compiled" if self._keep else "cached"
 
     @property
     def address(self):
@@ -103,6 +111,63 @@ class CFunction:
                     cfunc._library._get_compiled_object())
         self._keep = cfunc                      # the code lives as long as its CFunc
         return cfunc.address
+
+
+def compile_all(functions):
+    """Give every CFunction of ``functions`` -- (function, rough compile seconds) pairs --
+    its address.  Those not in the cache are compiled; if that is two or more and this
+    machine has two cores, a helper process compiles about half of them into the cache at
+    the same time (program.compile_child), and this one then loads them from there: a first
+    run takes about half as long.  Should the helper fail, this process compiles the rest."""
+    todo = [(fn, cost) for fn, cost in functions
+            if fn._address is None and not native.is_cached(CACHE_DIR, fn.key)]
+    helper_proc, theirs = None, []
+    if (len(todo) >= 2 and CACHE_DIR and native.flag("TINYMVIT_PARALLEL_COMPILE", True)
+            and _cores() >= 2):
+        load = {"ours": 0.0, "theirs": HELPER_START_SECONDS}
+        for fn, cost in sorted(todo, key=lambda fc: -fc[1]):    # greedy: the costliest first
+            side = min(load, key=load.get)
+            load[side] += cost
+            if side == "theirs":
+                theirs.append(fn)
+        helper_proc = _start_helper(theirs) if theirs else None
+    try:
+        for fn, _ in functions:
+            if helper_proc is None or fn not in theirs:
+                fn.address
+    except BaseException:
+        if helper_proc is not None:      # e.g. Ctrl-C: no orphan compiling on
+            helper_proc.kill()
+            helper_proc.wait()
+        raise
+    if helper_proc is not None:
+        helper_proc.wait()
+    for fn, _ in functions:
+        fn.address                        # theirs: from the cache (or compiled here after all)
+
+
+HELPER_START_SECONDS = 0.6   # the helper process starts Python, NumPy and Numba first
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _start_helper(functions):
+    """The helper process compiling ``functions`` (None if it cannot start)."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom tinymvit.kernels.program import compile_child\n"
+            "sys.exit(compile_child(sys.argv[1], sys.argv[2:]))")
+    try:
+        return subprocess.Popen([sys.executable, "-c", code, CACHE_DIR]
+                                + [f.key for f in functions], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, ValueError):
+        return None
 
 
 def job(fn):

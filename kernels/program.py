@@ -36,7 +36,7 @@ from .layout import nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
-from .policy import OP_FIELDS, SCRATCH, check, entry, numba
+from .policy import CACHE_DIR, OP_FIELDS, SCRATCH, check, compile_all, entry, numba
 from .pooling import pool_job
 from .resize import resize_job
 from .workers import POOL, default_threads, job_done, next_job, wait_done
@@ -117,10 +117,46 @@ JOBS = {"gemm": gemm_job, "conv": conv_job, "separable": separable_job,
 N_CODES = max(CODES.values()) + 1
 
 
+# Rough seconds each one takes to compile (one core, Zen 3), to share the work out fairly.
+COMPILE_SECONDS = {"conv": 3.7, "separable": 2.3, "mha": 1.6, "resize": 1.5, "activation": 1.2,
+                   "group_norm": 0.9, "gemm": 0.8, "execute": 0.7, "separable_attention": 0.7}
+
+
+def _functions(kinds):
+    return [("execute", execute)] + [(kind, JOBS[kind]) for kind in sorted(kinds)]
+
+
+def compile_kernels(kinds=None):
+    """Compile -- or load from the cache -- the executor and the jobs of ``kinds`` (default:
+    every op kind), as a first run would (see :func:`kernel_status`).  Kernels not in the
+    cache yet are compiled by two processes at once where there are two cores (policy.py's
+    :func:`compile_all`)."""
+    compile_all([(fn, COMPILE_SECONDS.get(name, 0.3))
+                 for name, fn in _functions(JOBS if kinds is None else kinds)])
+
+
+def compile_child(cache_dir, keys):
+    """Entry point of the helper process of :func:`policy.compile_all`: compile the
+    functions named ``keys`` into the cache; exit status 0 when done."""
+    if cache_dir != CACHE_DIR:          # another tinymvit (other sources): no use compiling
+        return 3
+    by_key = {fn.key: fn for _, fn in _functions(JOBS)}
+    for key in keys:
+        by_key[key].address
+    return 0
+
+
+def kernel_status():
+    """{name: 'compiled' (in this process), 'cached' (loaded from the cache) or 'unused'}
+    for the executor and every job function."""
+    return {name: fn.status for name, fn in [("execute", execute), *sorted(JOBS.items())]}
+
+
 def job_addresses(ops):
     """int64 array: code -> address of the compiled job function, for the ops' kinds only
     (the first use of a kind compiles it, or loads it from the cache)."""
     table = np.zeros(N_CODES, np.int64)
+    compile_kernels({op.kind for op in ops})
     for kind in {op.kind for op in ops}:
         table[CODES[kind]] = JOBS[kind].address
     return table

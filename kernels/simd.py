@@ -261,7 +261,7 @@ ACTIVATIONS_IR = (0, 1, 2, 3)   # none, ReLU, ReLU6, SiLU (the codes of activati
 
 
 def _activation(builder, v, act):
-    """Activation code ``act`` (compile-time) of every lane; NaN stays NaN."""
+    """Activation code ``act`` (a Python int) of every lane; NaN stays NaN."""
     if act == 1:
         return _max(builder, v, _vconst(0.0))
     if act == 2:
@@ -270,6 +270,31 @@ def _activation(builder, v, act):
         return builder.fmul(v, _rcp(builder, builder.fadd(
             _vconst(1.0), _exp(builder, builder.fsub(_vconst(0.0), v)))))
     return v
+
+
+def _activations(builder, values, act):
+    """Activation ``act`` (a run-time integer: one of ACTIVATIONS_IR) of every vector of
+    ``values``: a branch per activation, taken once for the whole list (one compiled copy
+    serves every activation)."""
+    done = builder.append_basic_block("act.done")
+    start = builder.block
+    branches = []
+    switch = builder.switch(act, done)
+    for code in ACTIVATIONS_IR[1:]:
+        block = builder.append_basic_block(f"act.{code}")
+        switch.add_case(ir.Constant(act.type, code), block)
+        builder.position_at_end(block)
+        branches.append(([_activation(builder, v, code) for v in values], builder.block))
+        builder.branch(done)
+    builder.position_at_end(done)
+    out = []
+    for k, v in enumerate(values):
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, start)
+        for new, block in branches:
+            phi.add_incoming(new[k], block)
+        out.append(phi)
+    return out
 
 
 # ---------------------------------------------------------------- vector operations
@@ -540,51 +565,57 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
                                        (+ res.flat[r_base + i*ldo + j])
 
     for i < rows (<= MR), j < ncols (<= NR); ``act`` (none, ReLU, ReLU6, SiLU) and
-    ``has_res`` are compile-time constants (one specialised copy each).  Columns past ncols
-    and rows past ``rows`` are neither read nor written.
+    ``has_res`` are chosen at run time, once per tile.  Columns past ncols and rows past
+    ``rows`` are neither read nor written.
     """
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
             and _is_f32_c_array(res) and _ints(a_base, lda, rows, w_base, kn, b_base, ncols,
-                                               o_base, ldo, r_base)
-            and isinstance(act, types.IntegerLiteral) and act.literal_value in ACTIVATIONS_IR
-            and isinstance(has_res, (types.BooleanLiteral, types.IntegerLiteral))):
+                                               o_base, ldo, r_base, act)
+            and isinstance(has_res, (types.Boolean, types.Integer))):
         return None
-    act_code, with_res = act.literal_value, bool(has_res.literal_value)
 
     def codegen(context, builder, sig, args):
         a_p, w_p, out_p, res_p = (_data(context, builder, sig.args[i], args[i])
                                   for i in (0, 4, 9, 12))
-        a_base, lda, rows, w_base, kn, b_base, ncols, o_base, ldo, r_base = (
+        a_base, lda, rows, w_base, kn, b_base, ncols, o_base, ldo, r_base, act = (
             _intp(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 10,
-                                                                    11, 13))
+                                                                    11, 13, 14))
+        with_res = context.cast(builder, args[15], sig.args[15], types.boolean)
         const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
         accs = _tile_products(builder, _tile_rows(builder, a_p, a_base, lda, rows),
                               builder.gep(w_p, [w_base]), kn, [_vconst(0.0)] * (MR * NV))
+        masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
         b_p = builder.gep(w_p, [b_base])
+        bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(NV)]
+        vals = _activations(builder, [builder.fadd(accs[t], bias[t % NV])
+                                      for t in range(MR * NV)], act)
         out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
-        full = builder.icmp_signed("==", ncols, const(NR))
 
-        def epilogue(masks):
-            bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j])
-                    for j in range(NV)]
+        def store(masks, residual):
             for i in range(MR):
                 with builder.if_then(builder.icmp_signed("<", const(i), rows)):
                     row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
                     row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
                     for j in range(NV):
-                        v = _activation(builder, builder.fadd(accs[i * NV + j], bias[j]),
-                                        act_code)
-                        if with_res:
+                        v = vals[i * NV + j]
+                        if residual:
                             v = builder.fadd(v, _load(builder, builder.gep(
                                 row_r, [const(j * VEC)]), masks[j]))
                         _store(builder, v, builder.gep(row_o, [const(j * VEC)]), masks[j])
 
-        with builder.if_else(full) as (whole, partial):
+        with builder.if_else(builder.icmp_signed("==", ncols, const(NR))) as (whole, partial):
             with whole:
-                epilogue([None] * NV)
+                with builder.if_else(with_res) as (plus, plain):
+                    with plus:
+                        store([None] * NV, True)
+                    with plain:
+                        store([None] * NV, False)
             with partial:
-                epilogue([_lane_mask(builder, builder.sub(ncols, const(j * VEC)))
-                          for j in range(NV)])
+                with builder.if_else(with_res) as (plus, plain):
+                    with plus:
+                        store(masks, True)
+                    with plain:
+                        store(masks, False)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
                       r_base, act, has_res), codegen
@@ -598,25 +629,23 @@ def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_bas
     The sums run over k in the same order as in a full tile, so a row gets the same bits
     whether it is computed alone or in a batch."""
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
-            and _ints(a_base, w_base, kn, b_base, ncols, o_base)
-            and isinstance(act, types.IntegerLiteral) and act.literal_value in ACTIVATIONS_IR):
+            and _ints(a_base, w_base, kn, b_base, ncols, o_base, act)):
         return None
-    act_code = act.literal_value
 
     def codegen(context, builder, sig, args):
         a_p, w_p, out_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 7))
-        a_base, w_base, kn, b_base, ncols, o_base = (
-            _intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4, 5, 6, 8))
+        a_base, w_base, kn, b_base, ncols, o_base, act = (
+            _intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4, 5, 6, 8, 9))
         const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
         row = [builder.gep(a_p, [a_base])]
         sums = _tile_products_rows(builder, row, builder.gep(w_p, [w_base]), kn,
                                    [_vconst(0.0)] * NV)
         b_p, out_p = builder.gep(w_p, [b_base]), builder.gep(out_p, [o_base])
+        masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
+        vals = _activations(builder, [builder.fadd(sums[j], _load(builder, builder.gep(
+            b_p, [const(j * VEC)]), masks[j])) for j in range(NV)], act)
         for j in range(NV):
-            mask = _lane_mask(builder, builder.sub(ncols, const(j * VEC)))
-            v = builder.fadd(sums[j], _load(builder, builder.gep(b_p, [const(j * VEC)]), mask))
-            _store(builder, _activation(builder, v, act_code),
-                   builder.gep(out_p, [const(j * VEC)]), mask)
+            _store(builder, vals[j], builder.gep(out_p, [const(j * VEC)]), masks[j])
         return context.get_dummy_value()
     return types.void(a, a_base, w, w_base, kn, b_base, ncols, out, o_base, act), codegen
 

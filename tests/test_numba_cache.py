@@ -147,3 +147,28 @@ def test_a_warm_process_loads_neither_numba_nor_llvm(warm_cache):
     out, err = _run(code, {"NUMBA_CACHE_DIR": str(warm_cache)}, cwd=warm_cache.parent)
     assert err == [] and out[0] == EXPECTED
     assert out[1] == ("[]" if elf.supported() else "['llvmlite.binding']")
+
+
+@pytest.mark.parametrize("helper", ["works", "fails", "off"])
+def test_a_first_run_compiles_in_two_processes(tmp_path, helper):
+    """Kernels missing from the cache are shared between this process and a helper process
+    (policy.compile_all); if the helper fails, this process compiles its share itself."""
+    code = "import subprocess, sys\nfrom tinymvit.kernels import policy\n"
+    if helper == "fails":
+        code += ("policy._start_helper = lambda fns: subprocess.Popen([sys.executable, '-c', "
+                 "'raise SystemExit(1)'])\n")
+    code += KERNEL_RUN + ("from tinymvit.kernels import program\n"
+                          "print(sorted(program.kernel_status().items()))\n")
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "TINYMVIT_PARALLEL_COMPILE":
+           "0" if helper == "off" else "1"}
+    out, err = _run(code, env, cwd=tmp_path)
+    assert out[0] == EXPECTED and err == []
+    status = dict(eval(out[1]))
+    used = {k: v for k, v in status.items() if v != "unused"}
+    assert set(used) == {"execute", "pool"}
+    from tinymvit.kernels.policy import _cores
+    if helper == "works" and _cores() >= 2:             # one compiled here, one by the helper
+        assert sorted(used.values()) == ["cached", "compiled"]
+    else:
+        assert set(used.values()) == {"compiled"}
+    assert len(list(tmp_path.glob("cache/*/*.o"))) == 2

@@ -12,6 +12,7 @@
     tinymvit bench --model M [--batch-size B] [--threads T] [--size N] [--seconds S] [--json]
     tinymvit convert SRC DST
     tinymvit info M
+    tinymvit compile [--model M]
         M: a checkpoint folder, a tinymvit .safetensors file, or a Hugging Face Hub repo id
         org/name[@revision] (pip install 'tinymvit[hub]'); --allow-pickle lets a Hub repo's
         pytorch_model.bin be fetched.
@@ -290,6 +291,18 @@ def _parser():
     i.add_argument("model", metavar="PATH")
     _allow_pickle(i)
     _debug(i, argparse.SUPPRESS)
+
+    k = sub.add_parser("compile", help="compile the kernels for this CPU ahead of time",
+                       description="Compile tinymvit's kernels for this CPU into the kernel "
+                                   "cache now (a Docker build, an install script), so that no "
+                                   "later run pays the one-time compilation.  Without --model: "
+                                   "every kernel; with it: what that checkpoint needs (it runs "
+                                   "once on a blank image).")
+    k.add_argument("--model", default=None, metavar="PATH",
+                   help="only the kernels of this checkpoint: folder, tinymvit .safetensors "
+                        "file, or Hugging Face Hub repo id org/name[@revision]")
+    _allow_pickle(k)
+    _debug(k, argparse.SUPPRESS)
     return p
 
 
@@ -701,8 +714,41 @@ def cmd_info(args, out):
     print(f"  min input size: {model.min_input_size()} px", file=out)
 
 
+def cmd_compile(args, out):
+    from .kernels import program
+    from .kernels.policy import CACHE_DIR
+    from .kernels.simd import ISA
+    if CACHE_DIR is None:
+        raise OutputError("there is no kernel cache to compile into (see the line above, or "
+                          "TINYMVIT_NUMBA_CACHE / TINYMVIT_ISA are set): set NUMBA_CACHE_DIR to "
+                          "a writable folder")
+    t0 = time.perf_counter()
+    if args.model:
+        from PIL import Image
+
+        from .api import load
+        model = load(args.model, allow_pickle=args.allow_pickle)
+        side = max(model.min_input_size(), 64)
+        blank = Image.new("RGB", (side, side))
+        if model.task == "segmentation":
+            model.segment(blank)
+        else:
+            model.classify(blank)
+        what = f"the kernels of {printable(model.source)}"
+    else:
+        program.compile_kernels()
+        what = "every kernel"
+    status = program.kernel_status()
+    compiled = sum(v == "compiled" for v in status.values())
+    cached = sum(v == "cached" for v in status.values())
+    print(f"{what} ready for this CPU ({ISA}): {compiled} compiled now, {cached} already "
+          f"cached ({time.perf_counter() - t0:.1f} s)", file=out)
+    print(f"cache: {printable(CACHE_DIR)}", file=out)
+
+
 COMMANDS = {"classify": cmd_classify, "segment": cmd_segment, "eval": cmd_eval,
-            "bench": cmd_bench, "convert": cmd_convert, "info": cmd_info}
+            "bench": cmd_bench, "convert": cmd_convert, "info": cmd_info,
+            "compile": cmd_compile}
 
 
 def main(argv=None, out=None):
