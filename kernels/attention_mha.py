@@ -12,16 +12,16 @@ and the heads are concatenated back to h features.  The output dense layer is
 NOT part of this kernel.
 
 The N x N attention matrix is never stored: a parallel job takes one (sequence,
-head) and runs both products on the register tile of the GEMM kernels
-(``simd.gemm_tile``), NR queries at a time:
+head) and runs both products on the GEMM register tile (``simd.gemm_tile_out``,
+which stores straight into its destination), QB = 3 * MR queries at a time:
 
-* K, pre-scaled by 1/sqrt(hd), is packed once as panels of NR keys (like a weight),
-  and V transposed to (hd, N);
-* scores of NR queries: S = Q K^T, MR queries x NR keys per tile;
-* each row of S becomes exp(s - max) (vectorised), and is written transposed
-  into a panel P (N keys x NR queries), divided by its sum;
-* the output of the NR queries, transposed: Y^T = V^T P, MR head dimensions x NR
-  queries per tile (hd = 36 of MobileViT-S is exactly 6 AVX2 tiles of 6 rows).
+* K, pre-scaled by 1/sqrt(hd), is packed once as panels of NR keys, and V as panels
+  of NR head dimensions (like weights; zeros past hd);
+* scores of QB queries: S = Q K^T, MR queries x NR keys per tile, into a (QB, N)
+  block that stays in L1;
+* each row of S becomes exp(s - max) / sum, in place (vectorised);
+* the output of the QB queries: Y = S V, MR queries x NR head dimensions per tile,
+  stored into the heads' columns of the output (a last, partial panel is masked).
 """
 import math
 
@@ -29,16 +29,19 @@ import numpy as np
 
 from .activations import vexp
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, TILE, VEC, gemm_tile, stack_buffer, vhmax, vload, vload_n, vmax,
-                   vmul, vsplat, vstore, vstore_n, vsub, vsum)
+from .simd import (MR, NR, VEC, gemm_tile_out, vhmax, vload, vload_n, vmax, vmul, vsplat,
+                   vstore, vstore_n, vsub, vsum, zero_floats)
 
 # fields of a "mha" op row, after [code, jobs]: qkv (S, N, 3h) at x_off, out (S, N, h) at o_off
 MHA_FIELDS = ("x_off", "S", "N", "h", "heads", "o_off")
 
 
+QB = 3 * MR      # queries per block: whole register tiles
+
+
 @helper
-def _softmax_row(A, row, n, scale_out, dst, dst_stride):
-    """dst[m * dst_stride] = exp(A[row + m] - max) / sum for m < n (float64 sum)."""
+def _softmax_row(A, row, n):
+    """A[row + m] = exp(A[row + m] - max) / sum for m < n, in place (sum in float64)."""
     vm = vsplat(A[row])
     m = 0
     while m + VEC <= n:
@@ -60,9 +63,13 @@ def _softmax_row(A, row, n, scale_out, dst, dst_stride):
         vstore_n(A, row + m, e, n - m)
         for t in range(n - m):
             total += A[row + m + t]
-    inv = np.float32(scale_out / total)
-    for m in range(n):
-        A[dst + m * dst_stride] = A[row + m] * inv
+    inv = vsplat(np.float32(1.0 / total))
+    m = 0
+    while m + VEC <= n:
+        vstore(A, row + m, vmul(vload(A, row + m), inv))
+        m += VEC
+    if m < n:
+        vstore_n(A, row + m, vmul(vload_n(A, row + m, n - m), inv), n - m)
 
 
 @job
@@ -79,39 +86,36 @@ def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     k0 = q0 + h
     v0 = q0 + 2 * h
     n_pad = (N + NR - 1) // NR * NR
-    kp = scratch(p, worker)                           # K^T panels: (n_pad/NR, hd, NR)
-    vt = kp + n_pad * hd                              # V^T: (hd, N)
-    sc = vt + hd * N                                  # scores of NR queries: (NR, n_pad)
-    pt = sc + NR * n_pad                              # softmax panel: (N, NR)
-    for m in range(n_pad):                            # pack K (scaled) and V^T
+    d_panels = (hd + NR - 1) // NR
+    kp = scratch(p, worker)                           # K panels: (n_pad/NR, hd, NR)
+    vp = kp + n_pad * hd                              # V panels: (d_panels, N, NR)
+    sc = vp + d_panels * N * NR                       # scores of QB queries: (QB, n_pad)
+    zeros = sc + QB * n_pad                           # NR zeros: the products' "bias"
+    zero_floats(A, zeros, NR)
+    for m in range(n_pad):                            # pack K (scaled) and V
         panel = kp + (m // NR) * hd * NR + m % NR
         for t in range(hd):
             A[panel + t * NR] = A[k0 + m * ld + t] * scale if m < N else np.float32(0.0)
-    for t in range(hd):
+    for pd in range(d_panels):
         for m in range(N):
-            A[vt + t * N + m] = A[v0 + m * ld + t]
-    acc = stack_buffer(TILE)
-    for qb in range(0, N, NR):                        # NR queries at a time
-        nq = min(NR, N - qb)
+            for c in range(NR):
+                t = pd * NR + c
+                A[vp + (pd * N + m) * NR + c] = A[v0 + m * ld + t] if t < hd else np.float32(0)
+    for qb in range(0, N, QB):
+        nq = min(QB, N - qb)
         for i0 in range(0, nq, MR):                   # S = Q K^T, MR queries x NR keys
-            rows = min(MR, nq - i0)
             for pk in range(n_pad // NR):
-                gemm_tile(acc, A, q0 + (qb + i0) * ld, ld, rows, A, kp + pk * hd * NR, hd,
-                          False)
-                for r in range(rows):
-                    for c in range(NR):
-                        A[sc + (i0 + r) * n_pad + pk * NR + c] = acc[r * NR + c]
-        for q in range(nq):                           # P[m, q] = softmax of query q's scores
-            _softmax_row(A, sc + q * n_pad, N, 1.0, pt + q, NR)
-        for q in range(nq, NR):                       # unused query columns: zeros
-            for m in range(N):
-                A[pt + m * NR + q] = 0.0
-        for d0 in range(0, hd, MR):                   # Y^T = V^T P, MR dims x NR queries
-            rows = min(MR, hd - d0)
-            gemm_tile(acc, A, vt + d0 * N, N, rows, A, pt, N, False)
-            for r in range(rows):
-                for q in range(nq):
-                    A[o_off + (s * N + qb + q) * h + j * hd + d0 + r] = acc[r * NR + q]
+                gemm_tile_out(A, q0 + (qb + i0) * ld, ld, min(MR, nq - i0), A,
+                              kp + pk * hd * NR, hd, zeros, NR, A, sc + i0 * n_pad + pk * NR,
+                              n_pad, A, 0, 0, False)
+        for q in range(nq):                           # each query's softmax, in place
+            _softmax_row(A, sc + q * n_pad, N)
+        for i0 in range(0, nq, MR):                   # Y = P V, MR queries x NR dims
+            out = o_off + (s * N + qb + i0) * h + j * hd
+            for pd in range(d_panels):
+                gemm_tile_out(A, sc + i0 * n_pad, n_pad, min(MR, nq - i0), A,
+                              vp + pd * N * NR, N, zeros, min(NR, hd - pd * NR), A,
+                              out + pd * NR, h, A, 0, 0, False)
 
 
 def mha_op(x_off, qkv_shape, num_heads, o_off):
@@ -125,7 +129,7 @@ def mha_op(x_off, qkv_shape, num_heads, o_off):
     from .program import Op
     hd, n_pad = h // num_heads, -(-N // NR) * NR
     return Op("mha", S * num_heads, (x_off, S, N, h, num_heads, o_off),
-              scratch=n_pad * hd + hd * N + NR * n_pad + N * NR)
+              scratch=n_pad * hd + -(-hd // NR) * N * NR + QB * n_pad + NR)
 
 
 def multi_head_attention(qkv, num_heads, out):

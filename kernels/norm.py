@@ -10,43 +10,78 @@ sample, taken over all ``P*N*d`` values, then a per-channel affine::
 MobileViT (v1) uses an ordinary ``LayerNorm(h)``: the same formula, but the
 statistics are taken per token (per row of the last axis).
 
-Statistics are accumulated in float64 and every variance is a sum of squared
-deviations from an already known mean (two-pass), so no precision is lost to
-cancellation.  A GroupNorm sample is normalised by several parallel jobs; each
+Statistics are accumulated in float64 (over float32 partial sums of a few values
+each) and every variance is a sum of squared deviations from an already known mean
+(two-pass), so no precision is lost to cancellation.  A GroupNorm sample is normalised by several parallel jobs; each
 computes the sample's statistics itself (a read of data already in cache) rather
 than waiting for a second parallel pass.
 """
 import numpy as np
 
 from .policy import arenas, check, check_array, helper, job
+from .simd import VEC, vadd, vfma, vload, vload_n, vmul, vsplat, vstore, vstore_n, vsub, vsum
 from .workers import default_threads
+
+
+STATS_CHUNK = 8 * VEC   # values summed in float32 vector lanes before joining a float64 total
 
 
 @helper
 def _sample_stats(x, off, count):
-    """(mean, 1 / sqrt(var + eps) is left to the caller): float64 mean and the sum of
-    squared deviations of x.flat[off : off + count], two passes."""
-    acc = 0.0
-    for i in range(off, off + count):
-        acc += np.float64(x[i])
-    mu = acc / count
+    """float64 mean and sum of squared deviations from it of x.flat[off : off + count], in
+    two passes (1 / sqrt(var + eps) is left to the caller).  Each pass adds chunks of
+    STATS_CHUNK values in float32 vector lanes (8 values per lane: no precision lost that
+    matters) and the chunk sums in float64."""
+    end = off + count
+    total = 0.0
+    i = off
+    while i + VEC <= end:
+        lanes = vsplat(0.0)
+        stop = min(end, i + STATS_CHUNK)
+        while i + VEC <= stop:
+            lanes = vadd(lanes, vload(x, i))
+            i += VEC
+        total += vsum(lanes)
+    while i < end:
+        total += x[i]
+        i += 1
+    mu = total / count
+    mu_v = vsplat(np.float32(mu))
     m2 = 0.0
-    for i in range(off, off + count):
+    i = off
+    while i + VEC <= end:
+        lanes = vsplat(0.0)
+        stop = min(end, i + STATS_CHUNK)
+        while i + VEC <= stop:
+            dev = vsub(vload(x, i), mu_v)
+            lanes = vfma(dev, dev, lanes)
+            i += VEC
+        m2 += vsum(lanes)
+    while i < end:
         dev = np.float64(x[i]) - mu
         m2 += dev * dev
+        i += 1
     return mu, m2
 
 
 @helper
 def _normalize_rows(A, x_off, o_off, r_lo, r_hi, c, mu, rstd, W, g_off, b_off):
     """A[o_off + r*c + ch] = (A[x_off + r*c + ch] - mu) * rstd * gamma[ch] + beta[ch]."""
-    mu32 = np.float32(mu)
-    rs32 = np.float32(rstd)
+    mu_v = vsplat(np.float32(mu))
+    rs_v = vsplat(np.float32(rstd))
     for r in range(r_lo, r_hi):
         xi = x_off + r * c
         oi = o_off + r * c
-        for ch in range(c):
-            A[oi + ch] = (A[xi + ch] - mu32) * (rs32 * W[g_off + ch]) + W[b_off + ch]
+        ch = 0
+        while ch + VEC <= c:
+            vstore(A, oi + ch, vfma(vsub(vload(A, xi + ch), mu_v),
+                                    vmul(rs_v, vload(W, g_off + ch)), vload(W, b_off + ch)))
+            ch += VEC
+        if ch < c:
+            n = c - ch
+            vstore_n(A, oi + ch, vfma(vsub(vload_n(A, xi + ch, n), mu_v),
+                                      vmul(rs_v, vload_n(W, g_off + ch, n)),
+                                      vload_n(W, b_off + ch, n)), n)
 
 
 # fields of a "group_norm" op row, after [code, jobs]: x (B, M, C) at x_off, out at o_off,
