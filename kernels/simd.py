@@ -58,17 +58,20 @@ cgutils = LazyModule("numba.core.cgutils")
 TILES = {"avx512": (16, 12, 2), "avx2": (8, 6, 2), "generic": (4, 4, 4)}
 
 
-def _host_isa():
+def _host_features():
+    try:
+        return host_cpu()[1]
+    except Exception:  # noqa: BLE001 - no feature query on this platform: stay generic
+        return frozenset()
+
+
+def _host_isa(features):
     """'avx512', 'avx2' or 'generic', from the host CPU's features (or TINYMVIT_ISA)."""
     forced = os.environ.get("TINYMVIT_ISA", "").strip().lower()
     if forced:
         if forced not in TILES:
             raise ValueError(f"TINYMVIT_ISA={forced!r}: expected one of {', '.join(TILES)}")
         return forced
-    try:
-        _, features = host_cpu()
-    except Exception:  # noqa: BLE001 - no feature query on this platform: stay generic
-        return "generic"
     if "avx512f" in features:
         return "avx512"
     if "avx2" in features and "fma" in features:
@@ -76,7 +79,8 @@ def _host_isa():
     return "generic"
 
 
-ISA = _host_isa()
+FEATURES = _host_features()
+ISA = _host_isa(FEATURES)
 FORCED_ISA = bool(os.environ.get("TINYMVIT_ISA", "").strip())
 VEC, MR, NV = TILES[ISA]
 NR = NV * VEC          # columns of a register tile = width of a packed weight panel
@@ -226,10 +230,12 @@ def _min(builder, x, y):
 
 
 def _rcp(builder, x):
-    """1 / x to ~2 ulps: the reciprocal estimate (rcpps / vrcp14ps) + one Newton step."""
-    if ISA == "avx2":
+    """1 / x to ~2 ulps: the reciprocal estimate (rcpps / vrcp14ps) + one Newton step (a
+    division where the CPU has no estimate for vectors of this width, e.g. tiles forced to
+    another instruction set by TINYMVIT_ISA)."""
+    if VEC == 8 and "avx" in FEATURES:
         r = builder.call(_declare(builder, "llvm.x86.avx.rcp.ps.256", _LLVEC, [_LLVEC]), [x])
-    elif ISA == "avx512":
+    elif VEC == 16 and "avx512f" in FEATURES:
         fn = _declare(builder, "llvm.x86.avx512.rcp14.ps.512", _LLVEC,
                       [_LLVEC, _LLVEC, ir.IntType(16)])
         r = builder.call(fn, [x, _vconst(0.0), ir.Constant(ir.IntType(16), -1)])
