@@ -146,6 +146,12 @@ def compile_child(cache_dir, keys):
     return 0
 
 
+def cached_kernels():
+    """Names of the executor and job functions whose machine code is in the cache now."""
+    from . import native
+    return {name for name, fn in _functions(JOBS) if native.is_cached(CACHE_DIR, fn.key)}
+
+
 def kernel_status():
     """{name: 'compiled' (in this process), 'cached' (loaded from the cache) or 'unused'}
     for the executor and every job function."""

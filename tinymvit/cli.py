@@ -723,6 +723,7 @@ def cmd_compile(args, out):
                           "TINYMVIT_NUMBA_CACHE / TINYMVIT_ISA are set): set NUMBA_CACHE_DIR to "
                           "a writable folder")
     t0 = time.perf_counter()
+    before = program.cached_kernels()
     if args.model:
         from PIL import Image
 
@@ -738,11 +739,9 @@ def cmd_compile(args, out):
     else:
         program.compile_kernels()
         what = "every kernel"
-    status = program.kernel_status()
-    compiled = sum(v == "compiled" for v in status.values())
-    cached = sum(v == "cached" for v in status.values())
-    print(f"{what} ready for this CPU ({ISA}): {compiled} compiled now, {cached} already "
-          f"cached ({time.perf_counter() - t0:.1f} s)", file=out)
+    used = {name for name, state in program.kernel_status().items() if state != "unused"}
+    print(f"{what} ready for this CPU ({ISA}): {len(used - before)} compiled now, "
+          f"{len(used & before)} were in the cache ({time.perf_counter() - t0:.1f} s)", file=out)
     print(f"cache: {printable(CACHE_DIR)}", file=out)
 
 
