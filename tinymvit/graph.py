@@ -26,7 +26,6 @@ import math
 import threading
 import time
 from collections import namedtuple
-from functools import partial
 
 import numpy as np
 
@@ -40,6 +39,10 @@ from .kernels import (attention_mha, attention_separable, batchnorm, conv, depth
 class InputTooSmall(InputError):
     """Raised while planning when a feature map becomes too small for a layer."""
 
+
+UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout")
+UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) of the checkpoint reading tensor ``input`` that
+transformers computes but nothing reads, so tinymvit does not run it (listed by summaries)."""
 
 Tensor = namedtuple("Tensor", "off shape")
 Tensor.__doc__ = "A tensor of a plan: its offset in the activation arena and its shape."
@@ -56,6 +59,13 @@ def view(A, t):
 # NumPy steps (functions of the arena A).
 # ----------------------------------------------------------------------------------------
 class Node:
+    """A layer: ``name`` (its checkpoint name), input and output tensor names.
+
+    The builder sets ``tensors``, the (checkpoint tensor, shape) pairs its weights come
+    from, and ``torch_names``, the transformers modules whose output equals its own.
+    """
+    tensors, torch_names = (), ()
+
     def __init__(self, name, inputs, output):
         self.name, self.inputs, self.output = name, tuple(inputs), output
 
@@ -634,37 +644,64 @@ class Graph:
 
 
 class GraphBuilder:
-    """What model builders call: each method checks weights, appends a node, returns a name."""
+    """What model builders call: each method checks weights, appends a node, returns a name.
+
+    Names are those of the checkpoint: a layer ``prefix`` of the backbone is stored as
+    ``<backbone prefix><prefix>`` (e.g. ``mobilevitv2.conv_stem``) and the node is named so;
+    head layers (``backbone=False``) as they are.  Each node also records the checkpoint
+    tensors its weights come from (``Node.tensors``, for parameter counts) and the
+    transformers modules whose output equals its own (``Node.torch_names``, for comparing
+    activations with transformers' forward hooks): by default the layer itself, none for a
+    layer whose output has a residual added (transformers adds it outside the layer), plus
+    ``output_of``, a module that ends with this layer (an inverted residual, a transformer
+    layer).
+    """
 
     def __init__(self, store, num_channels):
         self.store = store
         self.nodes = []
+        self.unused = []       # layers transformers computes but never reads (not run)
         self.channels = {"pixel_values": num_channels}
         self.input = "pixel_values"
         self._count = 0
+        self._read = []        # (tensor name, shape) read for the node being built
 
     def _new(self, name):
         self._count += 1
         return f"{name}#{self._count}"
 
-    def _add(self, node, channels):
+    def _name(self, prefix, backbone):
+        return (self.store.prefix if backbone else "") + prefix
+
+    def _get(self, prefix, name, shape, backbone):
+        """Tensor ``<prefix>.<name>`` of the checkpoint, recorded for the node being built."""
+        self._read.append((self._name(f"{prefix}.{name}", backbone), tuple(shape)))
+        return self.store.get(f"{prefix}.{name}", shape, backbone)
+
+    def _add(self, node, channels, torch_names=None, output_of=None):
+        node.tensors, self._read = tuple(self._read), []
+        names = (node.name,) if torch_names is None else tuple(torch_names)
+        if output_of is not None:
+            names += (output_of,)
+        node.torch_names = names
         self.nodes.append(node)
         self.channels[node.output] = channels
         return node.output
 
     # -- layers -----------------------------------------------------------------------------
     def to_nhwc(self, x):
-        return self._add(ToNHWC("input", [x], self._new("nhwc")), self.channels[x])
+        return self._add(ToNHWC("input", [x], self._new("nhwc")), self.channels[x], ())
 
     def conv(self, x, prefix, cout, k=1, stride=1, dilation=1, groups=1, bias=False,
-             bn_eps=None, act=None, padding="symmetric", residual=None, backbone=True):
+             bn_eps=None, act=None, padding="symmetric", residual=None, backbone=True,
+             output_of=None):
         """A transformers ConvLayer: ``<prefix>.convolution`` (+ ``<prefix>.normalization``).
 
         ``bn_eps`` None means no batch norm; otherwise BN is folded into the weights.
         ``act`` is an activation name or None.  ``residual`` names a tensor added after it.
         """
         cin = self.channels[x]
-        get = lambda n, s: self.store.get(f"{prefix}.{n}", s, backbone)  # noqa: E731
+        get = lambda n, s: self._get(prefix, n, s, backbone)  # noqa: E731
         w = get("convolution.weight", (cout, cin // groups, k, k)).astype(np.float64)
         b = get("convolution.bias", (cout,)) if bias else None
         if bn_eps is not None:
@@ -684,55 +721,83 @@ class GraphBuilder:
         else:
             raise NotImplementedError(f"{prefix}: grouped conv with groups={groups}")
         inputs = [x] if residual is None else [x, residual]
-        node = Conv(prefix, inputs, self._new(prefix), kind, w, b, k, stride, dilation, padding,
+        name = self._name(prefix, backbone)
+        node = Conv(name, inputs, self._new(name), kind, w, b, k, stride, dilation, padding,
                     act_mod.act_code(act))
-        return self._add(node, cout)
+        node.batch_norm = bn_eps is not None
+        return self._add(node, cout, () if residual is not None else None,
+                         output_of and self._name(output_of, backbone))
 
-    def linear(self, x, prefix, cout, act=None, residual=None, backbone=True):
+    def unused_conv(self, x, prefix, cout, bn_eps, act):
+        """A 1x1 ConvLayer transformers computes but never reads: not run.  Its weights are
+        optional (checkpoints exported from TF graphs lack them), shape-checked when present,
+        and counted by :meth:`tinymvit.api.Model.summary` as PyTorch counts them."""
+        cin, name = self.channels[x], self._name(prefix, True)
+        shapes = [("convolution.weight", (cout, cin, 1, 1))] + [
+            (f"normalization.{n}", (cout,)) for n in ("weight", "bias", "running_mean",
+                                                      "running_var")]
+        if self.store.has(f"{prefix}.{shapes[0][0]}"):
+            for n, shape in shapes:
+                self.store.get(f"{prefix}.{n}", shape)
+        self.unused.append(UnusedLayer(
+            name, x, act, tuple((f"{name}.{n}", shape) for n, shape in shapes), cin, cout))
+
+    def linear(self, x, prefix, cout, act=None, residual=None, backbone=True, output_of=None):
         """nn.Linear ``<prefix>.weight/.bias`` on (N, C) vectors or (..., C) tokens,
         with activation and residual add fused."""
         return self.fused_linear(x, prefix, [None], cout, act=act, residual=residual,
-                                 backbone=backbone)
+                                 backbone=backbone, output_of=output_of)
 
     def fused_linear(self, x, prefix, names, cout_each, bias=True, act=None, residual=None,
-                     backbone=True):
+                     backbone=True, output_of=None):
         """Several nn.Linear layers ``<prefix>.<name>`` reading the same input, as one matmul.
 
         Outputs are concatenated along channels in ``names`` order (a name None means
         ``<prefix>`` itself); ``bias=False`` means zero biases.
         """
         cin = self.channels[x]
-        full = [prefix if n is None else f"{prefix}.{n}" for n in names]
-        ws = [self.store.get(f"{p}.weight", (cout_each, cin), backbone) for p in full]
-        bs = [self.store.get(f"{p}.bias", (cout_each,), backbone) if bias
-              else np.zeros(cout_each, np.float32) for p in full]
+        ws = [self._get(prefix if n is None else f"{prefix}.{n}", "weight", (cout_each, cin),
+                        backbone) for n in names]
+        bs = [self._get(prefix if n is None else f"{prefix}.{n}", "bias", (cout_each,), backbone)
+              if bias else np.zeros(cout_each, np.float32) for n in names]
         inputs = [x] if residual is None else [x, residual]
-        node = Conv(prefix, inputs, self._new(prefix), "pointwise",
+        name = self._name(prefix, backbone)
+        node = Conv(name, inputs, self._new(name), "pointwise",
                     np.ascontiguousarray(np.concatenate(ws)), np.ascontiguousarray(np.concatenate(bs)),
                     1, 1, 1, "symmetric", act_mod.act_code(act))
-        return self._add(node, cout_each * len(names))
+        node.batch_norm, node.linear = False, True
+        # nn.Linear applies no activation and no residual: its hook sees neither
+        plain = names == [None] and residual is None and act is None
+        return self._add(node, cout_each * len(names), None if plain else (),
+                         output_of and self._name(output_of, backbone))
 
-    def global_pool(self, x, name="pool"):
+    def global_pool(self, x, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(GlobalAvgPool(name, [x], self._new(name)), self.channels[x])
 
-    def broadcast(self, v, like, name="broadcast"):
+    def broadcast(self, v, like, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(Broadcast(name, [v, like], self._new(name)), self.channels[v])
 
-    def concat(self, xs, name="concat"):
+    def concat(self, xs, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(Concat(name, xs, self._new(name)), sum(self.channels[x] for x in xs))
 
-    def unfold(self, x, p, mode, name="unfold"):
+    def unfold(self, x, p, mode, name):
+        name = self._name(name, True)
         return self._add(Unfold(name, [x], self._new(name), p, mode), self.channels[x])
 
-    def fold(self, tokens, like, p, mode, name="fold"):
+    def fold(self, tokens, like, p, mode, name):
+        name = self._name(name, True)
         return self._add(Fold(name, [tokens, like], self._new(name), p, mode),
                          self.channels[tokens])
 
     def _norm(self, x, prefix, eps, make_op):
         c = self.channels[x]
-        g = self.store.get(f"{prefix}.weight", (c,))
-        b = self.store.get(f"{prefix}.bias", (c,))
-        return self._add(Norm(prefix, [x], self._new(prefix), make_op, g, b, eps), c)
+        g = self._get(prefix, "weight", (c,), True)
+        b = self._get(prefix, "bias", (c,), True)
+        name = self._name(prefix, True)
+        return self._add(Norm(name, [x], self._new(name), make_op, g, b, eps), c)
 
     def group_norm(self, x, prefix, eps):
         """GroupNorm(1, C) ``<prefix>.weight/.bias`` (MobileViTV2's "layernorm")."""
@@ -743,16 +808,24 @@ class GraphBuilder:
         return self._norm(x, prefix, eps, norm.layer_norm_op)
 
     def separable_attention(self, qkv, prefix):
+        """MobileViTV2's attention core; transformers' ``<prefix>`` module also applies
+        ``out_proj``, so no module output equals this node's."""
         d = (self.channels[qkv] - 1) // 2
-        return self._add(SeparableAttention(prefix, [qkv], self._new(prefix)), d)
+        name = self._name(prefix, True)
+        return self._add(SeparableAttention(name, [qkv], self._new(name)), d, ())
 
     def multi_head_attention(self, qkv, prefix, num_heads):
-        return self._add(MultiHeadAttention(prefix, [qkv], self._new(prefix), num_heads),
-                         self.channels[qkv] // 3)
+        """MobileViT's attention core: the output of transformers' ``<prefix>.attention``
+        (MobileViTSelfAttention; ``<prefix>`` also applies ``output.dense``)."""
+        name = self._name(prefix, True)
+        return self._add(MultiHeadAttention(name, [qkv], self._new(name), num_heads),
+                         self.channels[qkv] // 3, (f"{name}.attention",))
 
     def build(self, outputs):
         self.store.check_all_used()
         names = [v for k, v in outputs.items() if k != "hidden_states" and v]
         keep = names + list(outputs["hidden_states"])
         nodes = fuse_separable(read_input_in_place(self.nodes, keep), keep)
-        return Graph(nodes, self.input, outputs)
+        graph = Graph(nodes, self.input, outputs)
+        graph.unused = self.unused
+        return graph
