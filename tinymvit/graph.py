@@ -40,9 +40,10 @@ class InputTooSmall(InputError):
     """Raised while planning when a feature map becomes too small for a layer."""
 
 
-UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout")
-UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) of the checkpoint reading tensor ``input`` that
-transformers computes but nothing reads, so tinymvit does not run it (listed by summaries)."""
+UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout in_checkpoint")
+UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) reading tensor ``input`` that transformers
+computes but nothing reads, so tinymvit does not run it (listed by summaries); its weights
+may be missing from the checkpoint (``in_checkpoint``)."""
 
 Tensor = namedtuple("Tensor", "off shape")
 Tensor.__doc__ = "A tensor of a plan: its offset in the activation arena and its shape."
@@ -86,6 +87,11 @@ class Node:
         """The node's work on tensors ``ins`` -> ``out`` (Tensors); ``scratch``: a Tensor."""
         raise NotImplementedError
 
+    def reference(self, xs, out_shape, args):
+        """The node's output computed with the kernels' NumPy references (the NumPy backend):
+        ``xs`` the input arrays, ``out_shape`` and ``args`` what :meth:`infer` gave."""
+        raise NotImplementedError
+
     def __repr__(self):
         return f"{type(self).__name__}({self.name}: {', '.join(self.inputs)} -> {self.output})"
 
@@ -99,6 +105,9 @@ class ToNHWC(Node):
 
     def steps(self, ins, out, args, scratch, threads):
         return [layout.nchw_to_nhwc_op(ins[0].off, ins[0].shape, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        return layout.nchw_to_nhwc_reference(xs[0])                         # (N, H, W, C)
 
 
 def _conv_geometry(n, k, stride, dilation, padding):
@@ -193,6 +202,30 @@ class Conv(Node):
             steps.append(lambda A: np.add(view(A, out), view(A, residual), out=view(A, out)))
         return steps
 
+    def torch_weight(self):
+        """The weight (BatchNorm folded in) in torch layout, unpacked from the weight arena:
+        (Cout, Cin) for 1x1 convs and linears, (C, 1, k, k) depthwise, (Cout, Cin, k, k)."""
+        if self.kind == "pointwise":
+            return pointwise.unpack_pointwise_weight(self.weight)
+        if self.kind == "depthwise":
+            return depthwise.unpack_depthwise_weight(self.weight)
+        return conv.unpack_conv_weight(self.weight)
+
+    def reference(self, xs, out_shape, args):
+        x = layout.nchw_to_nhwc_reference(xs[0]) if self.nchw_input else xs[0]  # (N, H, W, Cin)
+        w, act = self.torch_weight(), self.fused_act()
+        if self.kind == "pointwise":
+            y = pointwise.pointwise_reference(x, w, self.bias, act)          # (..., Cout)
+        elif self.kind == "depthwise":
+            y = depthwise.depthwise_reference(x, w, self.bias, self.stride, self.dilation,
+                                              *args, act, out_shape[1:3])   # (N, Ho, Wo, C)
+        else:
+            y = conv.conv2d_reference(x, w, self.bias, self.stride, self.dilation, *args, act,
+                                      out_shape[1:3])                       # (N, Ho, Wo, Cout)
+        if act != self.act:                                                 # rare activations
+            y = act_mod.activation_reference(y, self.act)
+        return y if len(xs) == 1 else y + xs[1]                             # + residual
+
 
 class FusedSeparable(Node):
     """[1x1 expand ->] depthwise kxk -> 1x1 reduce [+ input], as one kernel op.
@@ -215,6 +248,8 @@ class FusedSeparable(Node):
                          inputs, reduce.output)
         self.expand, self.dw, self.reduce, self.residual = expand, dw, reduce, residual
         self.parts = [c for c in (expand, dw, reduce) if c is not None]
+        self.tensors = sum((c.tensors for c in self.parts), ())
+        self.torch_names = reduce.torch_names
 
     def _shapes(self, x_shape):
         e = self.expand.infer([x_shape])[0] if self.expand is not None else x_shape
@@ -267,6 +302,12 @@ class FusedSeparable(Node):
         ops.append(self.reduce.kernel_op(d, out, None, threads,
                                          ins[1].off if self.residual else None))
         return ops
+
+    def reference(self, xs, out_shape, args):
+        e_shape, d_shape, pads = self._shapes(xs[0].shape)
+        e = xs[0] if self.expand is None else self.expand.reference(xs[:1], e_shape, None)
+        d = self.dw.reference([e], d_shape, pads)                           # (N, Ho, Wo, Ch)
+        return self.reduce.reference([d] + xs[1:], out_shape, None)         # (N, Ho, Wo, Cout)
 
 
 def read_input_in_place(nodes, keep):
@@ -331,6 +372,9 @@ class GlobalAvgPool(Node):
     def steps(self, ins, out, args, scratch, threads):
         return [pooling.pool_op(ins[0].off, ins[0].shape, out.off)]
 
+    def reference(self, xs, out_shape, args):
+        return pooling.global_avg_pool_reference(xs[0])                     # (N, C)
+
 
 class Broadcast(Node):
     """(N, C) vector -> (N, H, W, C) map of the size of ``inputs[1]``.
@@ -348,6 +392,9 @@ class Broadcast(Node):
             view(A, out)[...] = view(A, ins[0])[:, None, None, :]
         return [run]
 
+    def reference(self, xs, out_shape, args):
+        return np.broadcast_to(xs[0][:, None, None, :], out_shape).copy()   # (N, H, W, C)
+
 
 class Concat(Node):
     """Concatenate NHWC maps along channels, in input order."""
@@ -362,6 +409,9 @@ class Concat(Node):
                 y[..., c:c + t.shape[-1]] = view(A, t)
                 c += t.shape[-1]
         return [run]
+
+    def reference(self, xs, out_shape, args):
+        return np.concatenate(xs, axis=-1)                                  # (N, H, W, sum C)
 
 
 class Unfold(Node):
@@ -400,6 +450,11 @@ class Unfold(Node):
             steps.append(resize.resize_op(ins[0].off, ins[0].shape, x.off, resized[1:3], 0))
         return steps + [patches.patch_op("unfold", x.off, x.shape, self.p, nh, nw, out.off)]
 
+    def reference(self, xs, out_shape, args):
+        nh, nw, resized = args
+        x = xs[0] if resized is None else resize.resize_bilinear_reference(xs[0], resized[1:3])
+        return patches.unfold_patches_reference(x, self.p, nh, nw)          # (N, P, T, C)
+
 
 class Fold(Node):
     """(N, p*p, nh*nw, C) tokens -> (N, H, W, C) map, H and W those of ``inputs[1]``.
@@ -432,6 +487,14 @@ class Fold(Node):
         return [patches.patch_op("fold", ins[0].off, tmp.shape, self.p, nh, nw, tmp.off),
                 resize.resize_op(tmp.off, tmp.shape, out.off, out.shape[1:3], 0)]
 
+    def reference(self, xs, out_shape, args):
+        nh, nw, resized = args
+        if resized is None:
+            return patches.fold_patches_reference(xs[0], self.p, nh, nw,
+                                                  *out_shape[1:3])          # (N, H, W, C)
+        y = patches.fold_patches_reference(xs[0], self.p, nh, nw, *resized[1:3])  # (N, nh*p, ..)
+        return resize.resize_bilinear_reference(y, out_shape[1:3])          # (N, H, W, C)
+
 
 class Norm(Node):
     """A normalisation with per-channel affine parameters; shape-preserving.
@@ -455,6 +518,11 @@ class Norm(Node):
     def steps(self, ins, out, args, scratch, threads):
         return [self.make_op(ins[0].off, ins[0].shape, out.off, *self.offsets, threads)]
 
+    def reference(self, xs, out_shape, args):
+        reference = {norm.group_norm_op: norm.group_norm1_reference,
+                     norm.layer_norm_op: norm.layer_norm_reference}[self.make_op]
+        return reference(xs[0], *self.params, self.eps)                     # (N, P, T, C)
+
 
 class SeparableAttention(Node):
     """(N, P, T, 1+2d) fused query/key/value -> (N, P, T, d)  (MobileViTV2)."""
@@ -465,6 +533,9 @@ class SeparableAttention(Node):
 
     def steps(self, ins, out, args, scratch, threads):
         return [attention_separable.separable_attention_op(ins[0].off, ins[0].shape, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        return attention_separable.separable_attention_reference(xs[0])     # (N, P, T, d)
 
 
 class MultiHeadAttention(Node):
@@ -481,6 +552,12 @@ class MultiHeadAttention(Node):
     def steps(self, ins, out, args, scratch, threads):
         n, p, t, c3 = ins[0].shape
         return [attention_mha.mha_op(ins[0].off, (n * p, t, c3), self.num_heads, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        n, p, t, c3 = xs[0].shape
+        y = attention_mha.multi_head_attention_reference(xs[0].reshape(n * p, t, c3),
+                                                          self.num_heads)   # (N*P, T, h)
+        return y.reshape(out_shape)                                         # (N, P, T, h)
 
 
 # ----------------------------------------------------------------------------------------
@@ -606,13 +683,13 @@ class Graph:
         """Every tensor's shape for ``input_shape`` (N, C, H, W); raises InputTooSmall."""
         return self.infer(input_shape)[0]
 
-    def _acquire(self, shape, with_hidden, threads):
-        key = (tuple(shape), bool(with_hidden), threads)
+    def _acquire(self, shape, kept, threads):
+        key = (tuple(shape), tuple(kept), threads)
         with self._lock:
             free = self._pool.setdefault(key, [])
             if free:
                 return key, free.pop()
-        return key, Plan(self, shape, self._kept(with_hidden), threads)
+        return key, Plan(self, shape, kept, threads)
 
     def _release(self, key, plan):
         with self._lock:
@@ -621,13 +698,18 @@ class Graph:
             while len(self._pool) > self.MAX_CACHED_SHAPES:  # e.g. segment() on photos of
                 self._pool.popitem(last=False)               # many sizes: bound the memory
 
-    def run(self, x, with_hidden=False, threads=None, timings=None):
+    def run(self, x, with_hidden=False, threads=None, timings=None, backend="numba", keep=()):
         """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
 
         ``threads``: worker threads (default: every core).  If ``timings`` is a list,
-        (node, seconds) pairs are appended to it (profiling).
+        (node, seconds) pairs are appended to it (profiling).  ``backend``: "numba" (the
+        planned program of compiled kernels) or "numpy" (:meth:`run_reference`).  ``keep``:
+        more tensors to return (e.g. every node's output, for debugging).
         """
-        key, plan = self._acquire(x.shape, with_hidden, threads or workers.default_threads())
+        kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
+        if backend == "numpy":
+            return self.run_reference(x, kept, timings)
+        key, plan = self._acquire(x.shape, kept, threads or workers.default_threads())
         try:
             view(plan.arena, plan.tensors[self.input])[...] = x
             if timings is None:
@@ -637,10 +719,29 @@ class Graph:
                     t0 = time.perf_counter()
                     plan.run(self.weights, steps)
                     timings.append((node, time.perf_counter() - t0))
-            return {name: view(plan.arena, plan.tensors[name]).copy()
-                    for name in self._kept(with_hidden)}
+            return {name: view(plan.arena, plan.tensors[name]).copy() for name in kept}
         finally:
             self._release(key, plan)
+
+    def run_reference(self, x, kept, timings=None):
+        """The NumPy backend: the nodes, shapes and arguments of a plan, every node computing
+        its output with the kernels' NumPy references (:meth:`Node.reference`).  No compiled
+        code runs: slow, and readable in a debugger -- step through this loop."""
+        shapes, args = self.infer(x.shape)
+        last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
+        values = {self.input: x}                                 # tensor name -> NumPy array
+        for i, (node, node_args) in enumerate(zip(self.nodes, args)):
+            t0 = time.perf_counter()
+            y = node.reference([values[name] for name in node.inputs], shapes[node.output],
+                               node_args)
+            assert y.shape == shapes[node.output] and y.dtype == np.float32, node
+            values[node.output] = y
+            if timings is not None:
+                timings.append((node, time.perf_counter() - t0))
+            for name in set(node.inputs) - set(kept):            # free what nobody reads again
+                if last_use[name] == i:
+                    del values[name]
+        return {name: values[name] for name in kept}
 
 
 class GraphBuilder:
@@ -736,11 +837,13 @@ class GraphBuilder:
         shapes = [("convolution.weight", (cout, cin, 1, 1))] + [
             (f"normalization.{n}", (cout,)) for n in ("weight", "bias", "running_mean",
                                                       "running_var")]
-        if self.store.has(f"{prefix}.{shapes[0][0]}"):
+        present = self.store.has(f"{prefix}.{shapes[0][0]}")
+        if present:
             for n, shape in shapes:
                 self.store.get(f"{prefix}.{n}", shape)
-        self.unused.append(UnusedLayer(
-            name, x, act, tuple((f"{name}.{n}", shape) for n, shape in shapes), cin, cout))
+        self.unused.append(UnusedLayer(name, x, act, tuple((f"{name}.{n}", shape)
+                                                           for n, shape in shapes), cin, cout,
+                                       present))
 
     def linear(self, x, prefix, cout, act=None, residual=None, backbone=True, output_of=None):
         """nn.Linear ``<prefix>.weight/.bias`` on (N, C) vectors or (..., C) tokens,
