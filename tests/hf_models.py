@@ -7,7 +7,6 @@ statistics, so that a wrong eps, a missed fold or a swapped order shows up.
 """
 import math
 
-import numpy as np
 
 try:
     import torch
@@ -81,10 +80,3 @@ def run_torch(model, pixel_values):
             result[name] = v.numpy()
     result["hidden_states"] = [h.numpy() for h in out.hidden_states]
     return result
-
-
-def rel_err(ours, ref):
-    """max |ours - ref| relative to the reference tensor's scale (max |ref|)."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))

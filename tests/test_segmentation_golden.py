@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tinymvit
-from hf_models import make_model, rel_err, run_torch, save, torch
+from helpers import rel_err
+from hf_models import make_model, run_torch, save, torch
 
 TOL = 1e-4
 

@@ -66,9 +66,9 @@ def attention_maps(model, image):
         pixel_values = model.preprocess(rgb)                                # (1, 3, h, w)
         rows, cols = _input_coordinates(model.processor, rgb.shape[:2])
     graph = model.graph
-    shapes, args = graph.infer(pixel_values.shape)
     blocks = [n for n in graph.nodes if isinstance(n, (SeparableAttention, MultiHeadAttention))]
-    qkv = model._run(pixel_values, keep=[n.inputs[0] for n in blocks])
+    qkv = model._run(pixel_values, keep=[n.inputs[0] for n in blocks])    # checks the input
+    shapes, args = graph.infer(pixel_values.shape)
     h_in, w_in = pixel_values.shape[2:]
     maps, unfold = [], None
     for node, node_args in zip(graph.nodes, args):
