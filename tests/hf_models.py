@@ -80,3 +80,18 @@ def run_torch(model, pixel_values):
             result[name] = v.numpy()
     result["hidden_states"] = [h.numpy() for h in out.hidden_states]
     return result
+
+
+def model_pairs(tmp_path_factory):
+    """``get(family, task, config, seed)`` -> (transformers model, tinymvit model loaded from its
+    saved checkpoint), each pair made once (for a module-scoped fixture)."""
+    import tinymvit
+    cache = {}
+
+    def get(family, task, config, seed=0):
+        key = (family, task, repr(sorted(config.items())), seed)
+        if key not in cache:
+            hf = make_model(family, task, seed=seed, **config)
+            cache[key] = (hf, tinymvit.load(save(hf, tmp_path_factory.mktemp("ckpt"))))
+        return cache[key]
+    return get

@@ -12,7 +12,7 @@ from PIL import Image
 import tinymvit
 from fake_checkpoints import random_checkpoint
 from helpers import cli, rel_err
-from hf_models import make_model, save, torch
+from hf_models import model_pairs, torch
 
 V1_SMALL = dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320])
 CASES = [  # (family, task, config, input (H, W))
@@ -44,16 +44,8 @@ def torch_scores(hf, family, pixel_values):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    cache = {}
-
-    def get(case):
-        key = repr(case)
-        if key not in cache:
-            family, task, cfg, _ = case
-            hf = make_model(family, task, seed=len(cache) + 3, **cfg)
-            cache[key] = (hf, tinymvit.load(save(hf, tmp_path_factory.mktemp("ckpt"))))
-        return cache[key]
-    return get
+    pairs = model_pairs(tmp_path_factory)
+    return lambda case: pairs(*case[:3], seed=CASES.index(case) + 3)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")

@@ -16,7 +16,7 @@ import pytest
 
 import tinymvit
 from helpers import rel_err
-from hf_models import make_model, run_torch, save
+from hf_models import model_pairs, run_torch, save
 from tinymvit.debug import compare, first_divergence, torch_activations
 from tinymvit.kernels import conv, depthwise, pointwise
 
@@ -51,16 +51,8 @@ def _ids(case):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    cache = {}
-
-    def get(case):
-        key = _ids(case)
-        if key not in cache:
-            family, task, cfg, _ = case
-            hf = make_model(family, task, seed=zlib.crc32(key.encode()) % 991, **cfg)
-            cache[key] = (hf, tinymvit.load(save(hf, tmp_path_factory.mktemp("ckpt"))))
-        return cache[key]
-    return get
+    pairs = model_pairs(tmp_path_factory)
+    return lambda case: pairs(*case[:3], zlib.crc32(_ids(case).encode()) % 991)
 
 
 def _outputs(out):

@@ -703,7 +703,7 @@ def cmd_bench(args, out):
         f"  latency      {latency['median']:.1f} ms median of {result['calls']} calls "
         f"(p10 {latency['p10']:.1f}, p90 {latency['p90']:.1f})",
         f"  throughput   {result['images_per_second']:.1f} images/s",
-        f"  peak memory  " + (f"{memory / 2 ** 20:.0f} MiB ({result['peak_memory_source']})"
+        "  peak memory  " + (f"{memory / 2 ** 20:.0f} MiB ({result['peak_memory_source']})"
                               if memory else "unknown on this system")]), file=out)
 
 

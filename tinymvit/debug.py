@@ -38,7 +38,9 @@ class Divergence(Comparison):
         return self
 
     def __str__(self):
-        return (f"{self.name} (node {self.index}) differs from {self.other}: relative error "
+        other = self.other if self.other == "the numpy backend" else (
+            "its reference activation" + ("" if self.other == self.name else f" ({self.other})"))
+        return (f"{self.name} (node {self.index}) differs from {other}: relative error "
                 f"{self.error:.3g} > {self.tol:g}, worst at {self.worst} ({self.ours:.6g} vs "
                 f"{self.theirs:.6g}); the {self.agreed} compared nodes before it agree")
 
@@ -61,7 +63,7 @@ def compare(model, pixel_values, reference=None, backend=None):
     if reference is None:
         ours = activations(model, pixel_values, "numba")
         theirs = activations(model, pixel_values, "numpy")
-        pairs = [(node, "numpy backend", theirs[node.name]) for node in nodes]
+        pairs = [(node, "the numpy backend", theirs[node.name]) for node in nodes]
         convert = lambda node, a, ref: a                        # noqa: E731
     else:
         if not isinstance(reference, dict):
