@@ -650,6 +650,7 @@ class Graph:
     """
 
     MAX_CACHED_SHAPES = 4  # plans (and their buffers) kept for this many recent input shapes
+    unused = ()            # UnusedLayers: counted by summaries, never run (set by the builder)
 
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
