@@ -27,7 +27,7 @@ from collections import namedtuple
 import numpy as np
 
 from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
-                        pack_panels, plan_jobs, store_tile)
+                        pack_panels, plan_jobs, store_tile, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, zero_floats
 from .workers import default_threads
@@ -73,6 +73,12 @@ def prepare_conv_weight(w):
     cout, cin, kh, kw = w.shape
     w2 = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin)   # (Cout, kh*kw*Cin), im2col order
     return ConvWeight(pack_panels(w2), kh, kw, cin, cout)
+
+
+def unpack_conv_weight(wp):
+    """Inverse of :func:`prepare_conv_weight`: the torch-layout (Cout, Cin, kh, kw) weight."""
+    w2 = unpack_panels(wp.panels, wp.cout)                       # (Cout, kh*kw*Cin)
+    return np.ascontiguousarray(w2.reshape(wp.cout, wp.kh, wp.kw, wp.cin).transpose(0, 3, 1, 2))
 
 
 # ---------------------------------------------------------------- the kernel

@@ -57,6 +57,11 @@ def prepare_depthwise_weight(w):
     return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))      # (kh, kw, C)
 
 
+def unpack_depthwise_weight(w):
+    """Inverse of :func:`prepare_depthwise_weight`: (kh, kw, C) -> torch layout (C, 1, kh, kw)."""
+    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 0, 1)[:, None])
+
+
 # ---------------------------------------------------------------- one output row
 @helper
 def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s, d):

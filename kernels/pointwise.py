@@ -62,6 +62,17 @@ def prepare_pointwise_weight(w):
     return PointwiseWeight(pack_panels(w), w.shape[1], w.shape[0])
 
 
+def unpack_panels(panels, n):
+    """Inverse of :func:`pack_panels`: (P, K, NR) panels -> the float32 (n, K) matrix."""
+    p, k, nr = panels.shape
+    return np.ascontiguousarray(panels.transpose(0, 2, 1).reshape(p * nr, k)[:n])  # (n, K)
+
+
+def unpack_pointwise_weight(wp):
+    """Inverse of :func:`prepare_pointwise_weight`: the torch-layout (Cout, Cin) weight."""
+    return unpack_panels(wp.panels, wp.cout)                          # (Cout, Cin)
+
+
 # ---------------------------------------------------------------- the GEMM block
 @helper
 def store_tile(acc, rows, out, o_off, ldo, ncols, w, b_off, act, res, r_off, has_res):

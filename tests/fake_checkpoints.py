@@ -9,9 +9,11 @@ import json
 import numpy as np
 from safetensors.numpy import save_file
 
+from tinymvit.api import Model
 from tinymvit.config import Config
 from tinymvit.graph import GraphBuilder
 from tinymvit.models import BUILDERS, backbone_prefix
+from tinymvit.weights import Checkpoint
 from tinymvit.weightstore import WeightStore
 
 
@@ -38,10 +40,8 @@ class RecordingStore(WeightStore):
         pass
 
 
-def random_checkpoint(folder, model_type, task="classification", seed=0, preprocessor=None,
-                      **config):
-    """Write config.json (+ preprocessor_config.json) + model.safetensors into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def random_tensors(model_type, task="classification", seed=0, **config):
+    """(config dict, {tensor name: random float32 array}) of a complete checkpoint."""
     cfg = dict(model_type=model_type, **config)
     arch = {"mobilevitv2": "MobileViTV2", "mobilevit": "MobileViT",
             "mobilenet_v2": "MobileNetV2"}[model_type]
@@ -50,8 +50,22 @@ def random_checkpoint(folder, model_type, task="classification", seed=0, preproc
                                     "base": "Model"}[task]]
     store = RecordingStore("" if task == "base" else backbone_prefix(model_type), seed)
     BUILDERS[model_type](GraphBuilder(store, 3), Config.from_dict(cfg), task)
+    return cfg, store.tensors
+
+
+def random_model(model_type, task="classification", seed=0, preprocessor=None, **config):
+    """A tinymvit.Model with random weights, built in memory (nothing written)."""
+    cfg, tensors = random_tensors(model_type, task, seed, **config)
+    return Model(Checkpoint(tensors, cfg, preprocessor, f"random {model_type} {task}"))
+
+
+def random_checkpoint(folder, model_type, task="classification", seed=0, preprocessor=None,
+                      **config):
+    """Write config.json (+ preprocessor_config.json) + model.safetensors into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg, tensors = random_tensors(model_type, task, seed, **config)
     (folder / "config.json").write_text(json.dumps(cfg))
     if preprocessor is not None:
         (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    save_file(store.tensors, str(folder / "model.safetensors"))
+    save_file(tensors, str(folder / "model.safetensors"))
     return folder

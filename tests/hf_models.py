@@ -7,7 +7,6 @@ statistics, so that a wrong eps, a missed fold or a swapped order shows up.
 """
 import math
 
-import numpy as np
 
 try:
     import torch
@@ -83,8 +82,16 @@ def run_torch(model, pixel_values):
     return result
 
 
-def rel_err(ours, ref):
-    """max |ours - ref| relative to the reference tensor's scale (max |ref|)."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+def model_pairs(tmp_path_factory):
+    """``get(family, task, config, seed)`` -> (transformers model, tinymvit model loaded from its
+    saved checkpoint), each pair made once (for a module-scoped fixture)."""
+    import tinymvit
+    cache = {}
+
+    def get(family, task, config, seed=0):
+        key = (family, task, repr(sorted(config.items())), seed)
+        if key not in cache:
+            hf = make_model(family, task, seed=seed, **config)
+            cache[key] = (hf, tinymvit.load(save(hf, tmp_path_factory.mktemp("ckpt"))))
+        return cache[key]
+    return get

@@ -21,6 +21,7 @@ from PIL import Image
 
 import tinymvit
 from fake_checkpoints import random_checkpoint
+from helpers import cli
 from tinymvit.cli import main
 from tinymvit.jobs import expand_inputs
 
@@ -58,14 +59,6 @@ def tree(tmp_path, monkeypatch):
     (root / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()
     return root
-
-
-def cli(argv, capsys, stdin=None, monkeypatch=None):
-    out = io.StringIO()
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main([str(a) for a in argv], out=out)
-    return code, out.getvalue(), capsys.readouterr().err.splitlines()
 
 
 def _lines(path):

@@ -1,5 +1,4 @@
 """Every bad input gets a clear error naming what is wrong and what was expected."""
-import json
 import shutil
 
 import numpy as np
@@ -8,6 +7,7 @@ from safetensors.numpy import load_file, save_file
 
 import tinymvit
 from fake_checkpoints import random_checkpoint
+from helpers import copy_checkpoint, edit_json
 from tinymvit import CheckpointError, ConfigError, InputError
 
 
@@ -17,50 +17,38 @@ def good(tmp_path_factory):
                              num_labels=4)
 
 
-def _copy(good, tmp_path):
-    dst = tmp_path / "ckpt"
-    shutil.copytree(good, dst)
-    return dst
-
-
 def test_missing_path(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         tinymvit.load(tmp_path / "nope")
 
 
 def test_folder_without_config(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="missing config.json"):
         tinymvit.load(folder)
 
 
 def test_folder_without_weights(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights found.*model.safetensors"):
         tinymvit.load(folder)
 
 
 def test_corrupt_safetensors(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     (folder / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         tinymvit.load(folder)
 
 
 def test_truncated_safetensors(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         tinymvit.load(folder)
-
-
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 def _edit_tensors(folder, edit):
@@ -70,7 +58,7 @@ def _edit_tensors(folder, edit):
 
 
 def test_missing_tensor_named_with_expected_shape(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     name = "mobilevitv2.encoder.layer.3.transformer.layer.1.ffn.conv1.convolution.weight"
     _edit_tensors(folder, lambda t: t.pop(name))
     with pytest.raises(CheckpointError, match=rf"missing tensor '{name}'.*\(192, 96, 1, 1\)"):
@@ -78,14 +66,14 @@ def test_missing_tensor_named_with_expected_shape(good, tmp_path):
 
 
 def test_unexpected_tensor_named(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     _edit_tensors(folder, lambda t: t.update({"mobilevitv2.extra.weight": np.zeros(3, np.float32)}))
     with pytest.raises(CheckpointError, match=r"unexpected tensor.*'mobilevitv2.extra.weight' \(3,\)"):
         tinymvit.load(folder)
 
 
 def test_wrong_shape_named(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     name = "classifier.weight"
     _edit_tensors(folder, lambda t: t.update({name: np.zeros((5, 256), np.float32)}))
     with pytest.raises(CheckpointError, match=r"'classifier.weight' has shape \(5, 256\), "
@@ -94,7 +82,7 @@ def test_wrong_shape_named(good, tmp_path):
 
 
 def test_wrong_dtype_named(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     name = "mobilevitv2.conv_stem.convolution.weight"
     _edit_tensors(folder, lambda t: t.update({name: t[name].astype(np.float16)}))
     with pytest.raises(CheckpointError, match=rf"'{name}' has dtype float16, expected float32"):
@@ -102,29 +90,29 @@ def test_wrong_dtype_named(good, tmp_path):
 
 
 def test_config_does_not_match_weights(good, tmp_path):
-    folder = _copy(good, tmp_path)
-    _edit_config(folder, width_multiplier=1.0)
+    folder = copy_checkpoint(good, tmp_path)
+    edit_json(folder / "config.json", width_multiplier=1.0)
     with pytest.raises(CheckpointError, match="conv_stem.convolution.weight' has shape"):
         tinymvit.load(folder)
 
 
 def test_unknown_architecture(good, tmp_path):
-    folder = _copy(good, tmp_path)
-    _edit_config(folder, model_type="resnet")
+    folder = copy_checkpoint(good, tmp_path)
+    edit_json(folder / "config.json", model_type="resnet")
     with pytest.raises(ConfigError, match="unsupported architecture model_type='resnet'.*mobilevitv2"):
         tinymvit.load(folder)
 
 
 def test_invalid_config_json(good, tmp_path):
-    folder = _copy(good, tmp_path)
+    folder = copy_checkpoint(good, tmp_path)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         tinymvit.load(folder)
 
 
 def test_bad_output_stride(good, tmp_path):
-    folder = _copy(good, tmp_path)
-    _edit_config(folder, output_stride=4)
+    folder = copy_checkpoint(good, tmp_path)
+    edit_json(folder / "config.json", output_stride=4)
     with pytest.raises(ConfigError, match="output_stride must be 8, 16 or 32, got 4"):
         tinymvit.load(folder)
 
@@ -204,7 +192,7 @@ def test_bad_preprocessor_config_fails_at_load(tmp_path):
 
 
 def test_unsupported_hidden_act(good, tmp_path):
-    folder = _copy(good, tmp_path)
-    _edit_config(folder, hidden_act="swiglu")
+    folder = copy_checkpoint(good, tmp_path)
+    edit_json(folder / "config.json", hidden_act="swiglu")
     with pytest.raises(ConfigError, match="config.json: hidden_act must be one of .*relu6.*got 'swiglu'"):
         tinymvit.load(folder)

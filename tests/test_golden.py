@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import tinymvit
-from hf_models import make_model, rel_err, run_torch, save
+from helpers import rel_err
+from hf_models import make_model, run_torch, save
 
 TOL = 1e-4
 

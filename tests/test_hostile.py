@@ -8,10 +8,8 @@ version of all this, one subprocess per case: test_fuzz.py.)
 """
 import errno
 import hashlib
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +21,10 @@ from safetensors.numpy import load_file, save_file
 
 import tinymvit
 from fake_checkpoints import random_checkpoint
+from helpers import cli, copy_checkpoint, edit_json
+from tinymvit.cli import main
 from tinymvit import (CheckpointError, ConfigError, ImageError, InputError, NumericalError,
                       OutputError, limits)
-from tinymvit.cli import main
 from tinymvit.outputs import atomic_write, printable
 
 SEG_LABELS = {"0": "background", "1": "cat\x1b[2J\x1b[31m", "2": "dog\nfake line"}
@@ -60,29 +59,6 @@ def photos(tmp_path):
 
 def _digest(paths):
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
-
-
-def _copy(folder, tmp_path, name="ckpt"):
-    dst = tmp_path / name
-    shutil.copytree(folder, dst)
-    return dst
-
-
-def _edit_json(path, **changes):
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(changes)
-    path.write_text(json.dumps(data))
-
-
-COMPILING = "tinymvit: compiling kernels"   # the once-per-machine notice of a first run
-
-
-def cli(argv, capsys):
-    """Run the CLI in-process: (exit status, stdout, stderr lines)."""
-    out = io.StringIO()
-    code = main([str(a) for a in argv], out=out)
-    err = capsys.readouterr().err.splitlines()
-    return code, out.getvalue(), [line for line in err if not line.startswith(COMPILING)]
 
 
 def assert_one_line_error(code, err, command, *fragments):
@@ -172,7 +148,7 @@ def test_atomic_write_keeps_old_file_on_interrupt_and_keeps_its_mode(tmp_path):
 
 def test_convert_never_overwrites_its_source_and_reports_unwritable_places(ckpts, tmp_path,
                                                                            capsys):
-    folder = _copy(ckpts["cls"], tmp_path)
+    folder = copy_checkpoint(ckpts["cls"], tmp_path)
     before = _digest(sorted(folder.iterdir()))
     src_file = tinymvit.convert(folder, tmp_path / "m.safetensors")
     for src, dst in ((folder, folder / "model.safetensors"), (src_file, src_file)):
@@ -223,8 +199,8 @@ BAD_CONFIGS = [
                          ids=[f"{n}-{next(iter(c))}" for n, c, _ in BAD_CONFIGS])
 def test_bad_config_values_name_file_field_value_and_rule(ckpts, tmp_path, name, change,
                                                            message):
-    folder = _copy(ckpts[name], tmp_path)
-    _edit_json(folder / "config.json", **change)
+    folder = copy_checkpoint(ckpts[name], tmp_path)
+    edit_json(folder / "config.json", **change)
     with pytest.raises(ConfigError) as info:
         tinymvit.load(folder)
     assert str(info.value).startswith(f"{folder / 'config.json'}: "), info.value
@@ -250,8 +226,8 @@ BAD_PREPROCESSOR = [
 @pytest.mark.parametrize("change, message", BAD_PREPROCESSOR)
 def test_bad_preprocessor_values_name_file_field_value_and_rule(ckpts, tmp_path, change,
                                                                  message):
-    folder = _copy(ckpts["cls"], tmp_path)
-    _edit_json(folder / "preprocessor_config.json", do_normalize=True, **change)
+    folder = copy_checkpoint(ckpts["cls"], tmp_path)
+    edit_json(folder / "preprocessor_config.json", do_normalize=True, **change)
     with pytest.raises(ConfigError) as info:
         tinymvit.load(folder)
     assert str(info.value).startswith(f"{folder / 'preprocessor_config.json'}: "), info.value
@@ -260,8 +236,8 @@ def test_bad_preprocessor_values_name_file_field_value_and_rule(ckpts, tmp_path,
 
 def test_a_hostile_config_never_reaches_a_kernel_even_without_asserts(ckpts, tmp_path):
     """The issue's SIGSEGV: negative atrous rates, run under ``python -O`` (no asserts)."""
-    folder = _copy(ckpts["seg"], tmp_path)
-    _edit_json(folder / "config.json", atrous_rates=[-100000] * 3)
+    folder = copy_checkpoint(ckpts["seg"], tmp_path)
+    edit_json(folder / "config.json", atrous_rates=[-100000] * 3)
     code = ("import sys, numpy as np, tinymvit\n"
             "try:\n"
             "    tinymvit.load(sys.argv[1]).segment(np.zeros((64, 64, 3), np.uint8))\n"
@@ -292,7 +268,7 @@ def test_min_input_size_is_known_for_every_valid_patch_size(ckpts, tmp_path):
 ])
 def test_non_finite_weights_and_negative_variances_are_refused(ckpts, tmp_path, capsys,
                                                                tensor, value, message):
-    folder = _copy(ckpts["cls"], tmp_path)
+    folder = copy_checkpoint(ckpts["cls"], tmp_path)
     tensors = load_file(str(folder / "model.safetensors"))
     tensors[tensor].reshape(-1)[1] = value
     save_file(tensors, str(folder / "model.safetensors"))
@@ -304,7 +280,7 @@ def test_non_finite_weights_and_negative_variances_are_refused(ckpts, tmp_path, 
 
 
 def test_float32_overflow_raises_instead_of_printing_nan(ckpts, tmp_path, capsys):
-    folder = _copy(ckpts["cls"], tmp_path)
+    folder = copy_checkpoint(ckpts["cls"], tmp_path)
     tensors = load_file(str(folder / "model.safetensors"))
     tensors["classifier.weight"][:] = 3e38                  # finite, but the logits overflow
     save_file(tensors, str(folder / "model.safetensors"))
@@ -322,7 +298,7 @@ def test_float32_overflow_raises_instead_of_printing_nan(ckpts, tmp_path, capsys
 
 
 def test_segment_overflow_raises_too(ckpts, tmp_path):
-    folder = _copy(ckpts["seg"], tmp_path)
+    folder = copy_checkpoint(ckpts["seg"], tmp_path)
     tensors = load_file(str(folder / "model.safetensors"))
     tensors["segmentation_head.classifier.convolution.weight"][:] = 3e38
     save_file(tensors, str(folder / "model.safetensors"))
@@ -420,7 +396,7 @@ HOSTILE_FILES = {
 
 @pytest.mark.parametrize("what", sorted(HOSTILE_FILES))
 def test_damaged_checkpoint_files_are_one_line_errors(ckpts, tmp_path, capsys, what):
-    folder = _copy(ckpts["cls"], tmp_path)
+    folder = copy_checkpoint(ckpts["cls"], tmp_path)
     HOSTILE_FILES[what](folder)
     image = tmp_path / "x.png"
     Image.new("RGB", (30, 30)).save(image)
@@ -518,8 +494,8 @@ def test_memory_errors_are_one_line(ckpts, photos, capsys, monkeypatch):
 
 def test_one_line_from_a_real_process(ckpts, tmp_path):
     """The console script as a user runs it: stderr is exactly one line, exit status 1."""
-    folder = _copy(ckpts["seg"], tmp_path)
-    _edit_json(folder / "config.json", atrous_rates=[6, 12.5, 18])
+    folder = copy_checkpoint(ckpts["seg"], tmp_path)
+    edit_json(folder / "config.json", atrous_rates=[6, 12.5, 18])
     res = subprocess.run([sys.executable, "-m", "tinymvit", "segment", "x.png", "--model",
                           str(folder)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and res.stdout == ""

@@ -9,21 +9,12 @@ turn checked against PyTorch / transformers when those are installed.
 import numpy as np
 import pytest
 
+from helpers import randn, rel_err
 from tinymvit.kernels import batchnorm, conv, depthwise, pointwise, simd
 from tinymvit.kernels.activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU
 
 ACTS = (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU)
 TOL = 1e-5          # max |kernel - reference| relative to max |reference|
-
-
-def rel_err(got, ref):
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert np.isfinite(got).all()
-    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-6))
-
-
-def randn(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def pads_for(n, k, stride, dilation, tf):
@@ -46,13 +37,13 @@ POINTWISE_SHAPES = [  # (leading dims of x, Cin, Cout)
 @pytest.mark.parametrize("lead,cin,cout", POINTWISE_SHAPES)
 def test_pointwise_matches_reference(lead, cin, cout):
     rng = np.random.default_rng(cin * 1000 + cout)
-    x = randn(rng, *lead, cin)                                        # (..., Cin)
-    w = randn(rng, cout, cin, scale=1 / np.sqrt(cin))                 # (Cout, Cin)
-    b = randn(rng, cout, scale=0.5)
+    x = randn(rng, (*lead, cin))                                        # (..., Cin)
+    w = randn(rng, (cout, cin), scale=1 / np.sqrt(cin))                 # (Cout, Cin)
+    b = randn(rng, (cout,), scale=0.5)
     wp = pointwise.prepare_pointwise_weight(w)
     for act in ACTS:
         for mode in ("none", "separate", "inplace"):
-            res = randn(rng, *lead, cout)
+            res = randn(rng, (*lead, cout))
             if mode == "inplace":
                 out = res.copy()
                 residual = out                                        # residual is out
@@ -67,7 +58,7 @@ def test_pointwise_matches_reference(lead, cin, cout):
 
 def test_pointwise_weight_layouts_agree():
     rng = np.random.default_rng(7)
-    w = randn(rng, 20, 9)
+    w = randn(rng, (20, 9))
     assert np.array_equal(pointwise.prepare_pointwise_weight(w).panels,
                           pointwise.prepare_pointwise_weight(w[:, :, None, None]).panels)
     wp = pointwise.prepare_pointwise_weight(w).panels
@@ -81,7 +72,7 @@ def test_pointwise_weight_layouts_agree():
 
 def test_pointwise_reference_is_plain_matmul():
     rng = np.random.default_rng(8)
-    x, w, b = randn(rng, 6, 5), randn(rng, 3, 5), randn(rng, 3)
+    x, w, b = randn(rng, (6, 5)), randn(rng, (3, 5)), randn(rng, (3,))
     ref = pointwise.pointwise_reference(x, w, b, ACT_RELU, residual=np.ones((6, 3), np.float32))
     expect = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + b, 0) + 1
     np.testing.assert_allclose(ref, expect, rtol=1e-6, atol=1e-6)
@@ -101,9 +92,9 @@ DEPTHWISE_CASES = [  # (N, H, W, C, k, stride, dilation, tf_padding)
 @pytest.mark.parametrize("n,h,w,c,k,stride,dil,tf", DEPTHWISE_CASES)
 def test_depthwise_matches_reference(n, h, w, c, k, stride, dil, tf):
     rng = np.random.default_rng(h * 100 + w * 10 + c)
-    x = randn(rng, n, h, w, c)                                        # (N, H, W, C)
-    wt = randn(rng, c, 1, k, k, scale=1 / k)                          # (C, 1, k, k)
-    b = randn(rng, c, scale=0.5)
+    x = randn(rng, (n, h, w, c))                                        # (N, H, W, C)
+    wt = randn(rng, (c, 1, k, k), scale=1 / k)                          # (C, 1, k, k)
+    b = randn(rng, (c,), scale=0.5)
     wp = depthwise.prepare_depthwise_weight(wt)
     (top, _), (left, _) = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
     ho, wo = out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf)
@@ -133,9 +124,9 @@ CONV_CASES = [  # (N, H, W, Cin, Cout, k, stride, dilation, tf_padding)
 @pytest.mark.parametrize("n,h,w,cin,cout,k,stride,dil,tf", CONV_CASES)
 def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
     rng = np.random.default_rng(cin * 100 + cout + dil)
-    x = randn(rng, n, h, w, cin)                                      # (N, H, W, Cin)
-    wt = randn(rng, cout, cin, k, k, scale=1 / np.sqrt(cin * k * k))  # (Cout, Cin, k, k)
-    b = randn(rng, cout, scale=0.5)
+    x = randn(rng, (n, h, w, cin))                                      # (N, H, W, Cin)
+    wt = randn(rng, (cout, cin, k, k), scale=1 / np.sqrt(cin * k * k))  # (Cout, Cin, k, k)
+    b = randn(rng, (cout,), scale=0.5)
     wp = conv.prepare_conv_weight(wt)
     (top, _), (left, _) = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
     ho, wo = out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf)
@@ -149,7 +140,7 @@ def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
 
 def test_conv2d_1x1_equals_pointwise():
     rng = np.random.default_rng(3)
-    x, wt, b = randn(rng, 2, 5, 6, 20), randn(rng, 18, 20, 1, 1), randn(rng, 18)
+    x, wt, b = randn(rng, (2, 5, 6, 20)), randn(rng, (18, 20, 1, 1)), randn(rng, (18,))
     a = conv.conv2d(x, conv.prepare_conv_weight(wt), b, 1, 1, 0, 0, ACT_SILU,
                     np.empty((2, 5, 6, 18), np.float32))
     p = pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wt), b, ACT_SILU,
@@ -160,9 +151,10 @@ def test_conv2d_1x1_equals_pointwise():
 def test_results_do_not_depend_on_thread_count():
     """The job split changes with the thread count; every output must be computed alike."""
     rng = np.random.default_rng(4)
-    x = randn(rng, 1, 19, 21, 40)
-    wq, wd, wf = randn(rng, 70, 40), randn(rng, 40, 1, 3, 3), randn(rng, 33, 40, 3, 3, scale=0.05)
-    b70, b40, b33 = randn(rng, 70), randn(rng, 40), randn(rng, 33)
+    x = randn(rng, (1, 19, 21, 40))
+    wq, wd = randn(rng, (70, 40)), randn(rng, (40, 1, 3, 3))
+    wf = randn(rng, (33, 40, 3, 3), scale=0.05)
+    b70, b40, b33 = randn(rng, (70,)), randn(rng, (40,)), randn(rng, (33,))
 
     def run_all(threads):
         return (pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(wq), b70, ACT_SILU,
@@ -192,13 +184,13 @@ def test_padding_helpers_known_values():
 
 # ------------------------------------------------------------------ batch norm
 def _bn_params(rng, c):
-    return (randn(rng, c, scale=0.5) + 1, randn(rng, c, scale=0.3), randn(rng, c, scale=0.5),
+    return (randn(rng, (c,), scale=0.5) + 1, randn(rng, (c,), scale=0.3), randn(rng, (c,), scale=0.5),
             rng.uniform(0.2, 2.0, c).astype(np.float32))             # gamma, beta, mean, var
 
 
 def test_batchnorm_reference_is_the_textbook_formula():
     rng = np.random.default_rng(11)
-    x = randn(rng, 2, 5, 7, 19)
+    x = randn(rng, (2, 5, 7, 19))
     gamma, beta, mean, var = _bn_params(rng, 19)
     ref = batchnorm.batchnorm_reference(x, gamma, beta, mean, var, 1e-3)
     by_hand = (x.astype(np.float64)[..., 3] - mean[3]) / np.sqrt(var[3] + 1e-3) * gamma[3] + beta[3]
@@ -209,10 +201,10 @@ def test_batchnorm_reference_is_the_textbook_formula():
 def test_fold_batchnorm_is_exact(with_bias):
     rng = np.random.default_rng(12 + with_bias)
     eps = 1e-3
-    x = randn(rng, 1, 9, 10, 12)
+    x = randn(rng, (1, 9, 10, 12))
     # full conv + BN
-    wt = randn(rng, 20, 12, 3, 3, scale=1 / 6)
-    b = randn(rng, 20) if with_bias else None
+    wt = randn(rng, (20, 12, 3, 3), scale=1 / 6)
+    b = randn(rng, (20,)) if with_bias else None
     bn = _bn_params(rng, 20)
     b0 = np.zeros(20) if b is None else b
     y = conv.conv2d_reference(x, wt, b0, 1, 1, 1, 1, ACT_NONE, (9, 10))
@@ -224,7 +216,7 @@ def test_fold_batchnorm_is_exact(with_bias):
                       np.empty((1, 9, 10, 20), np.float32))
     assert rel_err(got, expect) < TOL
     # depthwise + BN
-    wd = randn(rng, 12, 1, 3, 3, scale=1 / 3)
+    wd = randn(rng, (12, 1, 3, 3), scale=1 / 3)
     bn = _bn_params(rng, 12)
     y = depthwise.depthwise_reference(x, wd, np.zeros(12), 2, 1, 0, 0, ACT_NONE, (5, 5))
     expect = batchnorm.batchnorm_reference(y, *bn, eps)
@@ -233,7 +225,7 @@ def test_fold_batchnorm_is_exact(with_bias):
                                    ACT_NONE, np.empty((1, 5, 5, 12), np.float32))
     assert rel_err(got, expect) < TOL
     # 1x1 conv + BN
-    wq = randn(rng, 7, 12, 1, 1, scale=0.3)
+    wq = randn(rng, (7, 12, 1, 1), scale=0.3)
     bn = _bn_params(rng, 7)
     expect = batchnorm.batchnorm_reference(pointwise.pointwise_reference(x, wq, np.zeros(7), 0),
                                            *bn, eps)
@@ -262,12 +254,12 @@ def test_references_match_torch(kind):
              (1, 6, 6, 3, 1, 12, False), (1, 11, 12, 5, 2, 2, True), (1, 16, 16, 3, 2, 1, True)]
     for n, h, w, k, stride, dil, tf in cases:
         c = 6
-        x = randn(rng, n, h, w, c)
+        x = randn(rng, (n, h, w, c))
         if kind == "depthwise":
-            wt, groups, cout = randn(rng, c, 1, k, k), c, c
+            wt, groups, cout = randn(rng, (c, 1, k, k)), c, c
         else:
-            wt, groups, cout = randn(rng, 5, c, k, k), 1, 5
-        b = randn(rng, cout)
+            wt, groups, cout = randn(rng, (5, c, k, k)), 1, 5
+        b = randn(rng, (cout,))
         ph, pw = pads_for(h, k, stride, dil, tf), pads_for(w, k, stride, dil, tf)
         expect = _torch_conv(torch, x, wt, b, stride, dil, ph, pw, groups)
         out_hw = (out_size(h, k, stride, dil, tf), out_size(w, k, stride, dil, tf))

@@ -7,6 +7,7 @@ Hugging Face models use), so a wrong reference cannot hide a wrong kernel.
 import numpy as np
 import pytest
 
+from helpers import randn
 from tinymvit.kernels.policy import KernelArgumentError
 
 from tinymvit.kernels.attention_mha import multi_head_attention, multi_head_attention_reference
@@ -27,10 +28,6 @@ def assert_close(got, want, rtol=RTOL):
     scale = max(float(np.abs(want).max()), 1e-30) if want.size else 1.0
     err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
     assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol:g} * {scale:.3g}"
-
-
-def randn(rng, shape, scale=1.0, shift=0.0):
-    return (rng.standard_normal(shape) * scale + shift).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- norms

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from helpers import rel_err
 from tinymvit.kernels.policy import KernelArgumentError
 
 from tinymvit.kernels.resize import (
@@ -37,10 +38,6 @@ def _torch_resize(x, size, align_corners):
     return r.permute(0, 2, 3, 1).contiguous().numpy()               # NHWC
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(a.astype(np.float64) - b)) / max(1.0, np.max(np.abs(b))))
-
-
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("src,dst", SIZES)
 def test_resize_bilinear_matches_torch_and_reference(src, dst, align_corners):
@@ -53,9 +50,9 @@ def test_resize_bilinear_matches_torch_and_reference(src, dst, align_corners):
     want = _torch_resize(x, dst, align_corners)
     ref = resize_bilinear_reference(x, dst, align_corners=align_corners)
     assert got.shape == want.shape == ref.shape
-    assert _rel_err(got, want) <= 1e-6
-    assert _rel_err(ref, want) <= 1e-6
-    assert _rel_err(got, ref) <= 1e-6
+    assert rel_err(got, want) <= 1e-6
+    assert rel_err(ref, want) <= 1e-6
+    assert rel_err(got, ref) <= 1e-6
 
 
 def test_resize_bilinear_random_shapes():
@@ -67,7 +64,7 @@ def test_resize_bilinear_random_shapes():
         x = rng.uniform(-50, 50, size=(1, H, W, C)).astype(np.float32)
         out = np.empty((1, Ho, Wo, C), dtype=np.float32)
         resize_bilinear(x, out)
-        assert _rel_err(out, _torch_resize(x, (int(Ho), int(Wo)), False)) <= 1e-6
+        assert rel_err(out, _torch_resize(x, (int(Ho), int(Wo)), False)) <= 1e-6
 
 
 def test_single_rounding_source_coordinate_matters():
@@ -114,7 +111,7 @@ def test_resize_bilinear_mapped_matches_reference(src, dst, sy, oy, sx, ox):
     out = np.empty((1, *dst, C), dtype=np.float32)
     resize_bilinear_mapped(x, out, sy, oy, sx, ox)
     ref = resize_bilinear_mapped_reference(x, dst, sy, oy, sx, ox)
-    assert _rel_err(out, ref) <= 1e-6
+    assert rel_err(out, ref) <= 1e-6
 
 
 def test_resize_bilinear_mapped_equals_torch_half_pixel_map():
@@ -125,7 +122,7 @@ def test_resize_bilinear_mapped_equals_torch_half_pixel_map():
     out = np.empty((1, Ho, Wo, 4), dtype=np.float32)
     sy, sx = 20 / Ho, 30 / Wo
     resize_bilinear_mapped(x, out, sy, 0.5 * sy - 0.5, sx, 0.5 * sx - 0.5)
-    assert _rel_err(out, _torch_resize(x, (Ho, Wo), False)) <= 2e-6
+    assert rel_err(out, _torch_resize(x, (Ho, Wo), False)) <= 2e-6
 
 
 def test_resize_bilinear_mapped_hits_grid_points_exactly():

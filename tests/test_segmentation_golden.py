@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-import tinymvit
-from hf_models import make_model, rel_err, run_torch, save, torch
+from helpers import rel_err
+from hf_models import model_pairs, run_torch, torch
 
 TOL = 1e-4
 
@@ -42,17 +42,9 @@ def _ids(case):
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    cache = {}
-
-    def get(case):
-        key = _ids(case)
-        if key not in cache:
-            family, cfg, _ = case
-            hf = make_model(family, "segmentation", seed=zlib.crc32(key.encode()) % 997, **cfg)
-            folder = save(hf, tmp_path_factory.mktemp("seg"))
-            cache[key] = (hf, tinymvit.load(folder))
-        return cache[key]
-    return get
+    pairs = model_pairs(tmp_path_factory)
+    return lambda case: pairs(case[0], "segmentation", case[1],
+                              zlib.crc32(_ids(case).encode()) % 997)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

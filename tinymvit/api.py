@@ -75,7 +75,7 @@ def detect_head(tensors):
 class Model:
     """A loaded model: a static graph plus its config, image processor and labels."""
 
-    def __init__(self, checkpoint, num_threads=None):
+    def __init__(self, checkpoint, num_threads=None, backend="numba"):
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError("Model(checkpoint) expects a Checkpoint; use tinymvit.load(path)")
         self.source = checkpoint.source
@@ -111,6 +111,7 @@ class Model:
         self._min_size = None
         self._activation_cache = {}
         self.num_threads = num_threads
+        self.backend = backend
 
     # -- settings -------------------------------------------------------------------------
     @property
@@ -125,51 +126,91 @@ class Model:
     def _threads(self):
         return self._num_threads or get_num_threads()
 
+    @property
+    def backend(self):
+        """How a forward pass computes, by default: "numba" (compiled kernels) or "numpy"
+        (every layer with its NumPy reference: slow, readable, no compiled code)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        self._backend = _check_backend(name)
+
     def __repr__(self):
         return (f"<tinymvit.Model {self.family} {self.task} from {self.source}: "
                 f"{self.config.num_labels} labels, output_stride {self.config.output_stride}>")
 
     # -- the forward pass ------------------------------------------------------------------
-    def __call__(self, pixel_values, output_hidden_states=False):
-        """Run the model on ``pixel_values`` (N, C, H, W) float32, as HF's processor makes them."""
-        x = self._check_pixel_values(pixel_values)
-        self._check_input_shape(x.shape)
-        try:
-            # Overflow on extreme inputs or weights gives inf/NaN outputs (classify() and
-            # segment() refuse them), never numpy warnings on stderr.
-            with np.errstate(all="ignore"):
-                res = self.graph.run(x, with_hidden=output_hidden_states, threads=self._threads())
-        except InputTooSmall as exc:
-            raise InputError(self._too_small_message(x.shape, exc)) from None
-        except ArithmeticError as exc:        # e.g. a division by an overflowed zero variance
-            raise NumericalError(f"the forward pass overflowed float32 ({type(exc).__name__}: "
-                                 f"{exc}); the input or the checkpoint's weights are out of "
-                                 f"range") from None
+    def __call__(self, pixel_values, output_hidden_states=False, backend=None):
+        """Run the model on ``pixel_values`` (N, C, H, W) float32, as HF's processor makes them.
+
+        ``backend``: "numba" or "numpy" for this call (default: :attr:`backend`).
+        """
+        res = self._run(pixel_values, output_hidden_states, backend)
         out = {k: (_nchw(res[v]) if v else None) for k, v in self.graph.outputs.items()
                if k != "hidden_states"}
         if output_hidden_states:
             out["hidden_states"] = tuple(_nchw(res[v]) for v in self.graph.outputs["hidden_states"])
         return ModelOutput(**out)
 
-    def profile(self, pixel_values, repeats=5):
-        """Per-node median run times in seconds for ``pixel_values``, slowest first.
-
-        Returns [(node description, seconds), ...]; handy to see where time goes.
-        """
+    def _run(self, pixel_values, with_hidden=False, backend=None, keep=(), timings=None):
+        """The checked forward pass: {tensor name: NHWC array} of the outputs and ``keep``."""
+        backend = self._backend if backend is None else _check_backend(backend)
         x = self._check_pixel_values(pixel_values)
         self._check_input_shape(x.shape)
-        self.graph.run(x, threads=self._threads())          # warm-up (JIT, planning)
-        runs = []
-        for _ in range(repeats):
-            timings = []
-            self.graph.run(x, threads=self._threads(), timings=timings)
-            runs.append(timings)
-        rows, shapes = [], self.graph.shapes(x.shape)
-        for i, (node, _) in enumerate(runs[0]):
-            kind = getattr(node, "kind", type(node).__name__)
-            rows.append((f"{node.name} [{kind}] {shapes[node.output]}",
-                         float(np.median([r[i][1] for r in runs]))))
-        return sorted(rows, key=lambda r: -r[1])
+        try:
+            # Overflow on extreme inputs or weights gives inf/NaN outputs (classify() and
+            # segment() refuse them), never numpy warnings on stderr.
+            with np.errstate(all="ignore"):
+                return self.graph.run(x, with_hidden=with_hidden, threads=self._threads(),
+                                      timings=timings, backend=backend, keep=keep)
+        except InputTooSmall as exc:
+            raise InputError(self._too_small_message(x.shape, exc)) from None
+        except ArithmeticError as exc:        # e.g. a division by an overflowed zero variance
+            raise NumericalError(f"the forward pass overflowed float32 ({type(exc).__name__}: "
+                                 f"{exc}); the input or the checkpoint's weights are out of "
+                                 f"range") from None
+
+    def summary(self, size=None, time=False, repeats=5):
+        """A layer-by-layer table of the network for one image (:mod:`tinymvit.summary`).
+
+        One row per node in execution order: checkpoint name(s), operation, output shape,
+        parameters, multiply-adds; ``str()`` of the result is the table, ``.rows``,
+        ``.total_params`` (as PyTorch counts ``model.parameters()``) and ``.total_macs``
+        its contents.  ``size``: the input side (an N x N image) or (height, width);
+        default: what the model sees in use (the processor's crop; for segmentation, what
+        ``segment()`` makes of a square photo).  ``time=True`` adds each node's measured
+        time (median of ``repeats`` runs with the model's backend and threads) and share.
+        """
+        from .benchmark import input_shape
+        from .summary import median_timings, summarize
+        if size is None:
+            shape = input_shape(self)
+        else:
+            side = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+            if not (isinstance(side, (tuple, list)) and len(side) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limits.MAX_SIDE
+                    for v in side)):
+                raise InputError(f"size must be an integer or a (height, width) pair of integers "
+                                 f"from 1 to {limits.MAX_SIDE}, got {size!r}")
+            shape = (1, self.config.num_channels, *side)
+        self._check_input_shape(shape)                      # too small, or too large
+        timings = None
+        if time:
+            _check_positive(repeats, "repeats")
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            timings = median_timings(self, x, repeats)
+        return summarize(self, shape, timings)
+
+    def attention_maps(self, image):
+        """One dict per attention block, in execution order: "name" (the attention module in
+        the checkpoint), "title", "scores" (the tensor transformers computes there: MobileViTV2
+        context scores (1, 1, P, N), MobileViT attention probabilities (P, heads, N, N)) and
+        "map" ((H, W) aligned with the original image).  ``image``: a path, PIL image or
+        uint8 array (preprocessed as transformers would), or one image's pixel_values.
+        See :mod:`tinymvit.attention`."""
+        from .attention import attention_maps
+        return attention_maps(self, image)
 
     def _check_pixel_values(self, x):
         c = self.config.num_channels
@@ -278,8 +319,7 @@ class Model:
         from .postprocess import top_k as _top_k
 
         self._check_task("classification", "classify")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InputError(f"top_k must be a positive int, got {top_k!r}")
+        _check_positive(top_k, "top_k")
         _check_batch_size(batch_size)
         _check_iterable(images, "iter_classify", "classify")
 
@@ -400,13 +440,15 @@ class Model:
                                   _image_name(index, image))
 
 
-def load(path, num_threads=None, *, revision=None, token=None, allow_pickle=False):
+def load(path, num_threads=None, *, backend="numba", revision=None, token=None,
+         allow_pickle=False):
     """Load a checkpoint folder, a tinymvit ``.safetensors`` file, or a Hugging Face Hub repo id
     ``org/name[@revision]`` (needs ``tinymvit[hub]``; see :mod:`tinymvit.hub`) into a
     :class:`Model`.  A local path always wins over a repo id; from the Hub a pickled
-    ``pytorch_model.bin`` is fetched only with ``allow_pickle=True``."""
+    ``pytorch_model.bin`` is fetched only with ``allow_pickle=True``.  ``backend``: the
+    model's default, "numba" (compiled kernels) or "numpy" (the NumPy references)."""
     return Model(open_checkpoint(path, revision=revision, token=token, allow_pickle=allow_pickle),
-                 num_threads=num_threads)
+                 num_threads=num_threads, backend=backend)
 
 
 def convert(src, dst, *, allow_pickle=False):
@@ -420,10 +462,17 @@ def convert(src, dst, *, allow_pickle=False):
     return save_tinymvit_file(checkpoint, dst)
 
 
+BACKENDS = ("numba", "numpy")
+
+
+def _check_backend(name):
+    if name not in BACKENDS:
+        raise InputError(f"backend must be 'numba' or 'numpy', got {name!r}")
+    return name
+
+
 def _check_threads(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"num_threads must be a positive int, got {n!r}")
-    return n
+    return _check_positive(n, "num_threads")
 
 
 def set_num_threads(n):
@@ -440,9 +489,14 @@ def get_num_threads():
     return _default_threads or kernels.workers.default_threads()
 
 
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_positive(batch_size, "batch_size")
 
 
 def _check_iterable(images, method, single):

@@ -13,6 +13,8 @@
     tinymvit convert SRC DST
     tinymvit info M
     tinymvit compile [--model M]
+    tinymvit summary M [--size N] [--time] [--threads N]
+    tinymvit attention IMAGE --model M --out ATTN.png
         M: a checkpoint folder, a tinymvit .safetensors file, or a Hugging Face Hub repo id
         org/name[@revision] (pip install 'tinymvit[hub]'); --allow-pickle lets a Hub repo's
         pytorch_model.bin be fetched.
@@ -303,6 +305,29 @@ def _parser():
                         "file, or Hugging Face Hub repo id org/name[@revision]")
     _allow_pickle(k)
     _debug(k, argparse.SUPPRESS)
+
+    m = sub.add_parser("summary", help="the network layer by layer: shapes, parameters, MACs",
+                       description="One row per layer in execution order: checkpoint name, "
+                                   "operation, output shape, parameters, multiply-adds of one "
+                                   "image; with totals.")
+    m.add_argument("model", metavar="PATH")
+    m.add_argument("--size", type=_side, default=None, metavar="N",
+                   help="input side, an NxN image (default: the size the model sees in use)")
+    m.add_argument("--time", action="store_true",
+                   help="add each layer's measured time (median of 5 runs) and its share")
+    _threads(m)
+    _allow_pickle(m)
+    _debug(m, argparse.SUPPRESS)
+
+    a = sub.add_parser("attention", help="attention maps of an image, drawn over it (PNG)",
+                       description="Draw the attention maps of every attention block of a "
+                                   "MobileViT or MobileViTV2 checkpoint over the image, as a "
+                                   "grid (one row per stage).")
+    a.add_argument("image", metavar="IMAGE")
+    _model_option(a, "MobileViT or MobileViTV2 checkpoint")
+    a.add_argument("--out", required=True, type=_template, metavar="ATTN.png",
+                   help=f"the picture to write ({', '.join(sorted(OVERLAY_FORMATS))})")
+    _debug(a, argparse.SUPPRESS)
     return p
 
 
@@ -317,11 +342,11 @@ def _output_path(template, image, several):
     return path.with_name(f"{path.stem}-{stem}{path.suffix}") if several else path
 
 
-def overlay_format(path):
+def overlay_format(path, flag="--overlay"):
     """The Pillow format an overlay named ``path`` is written in; OutputError if unknown."""
     fmt = OVERLAY_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise OutputError(f"--overlay {printable(path)}: unknown image extension "
+        raise OutputError(f"{flag} {printable(path)}: unknown image extension "
                           f"{printable(Path(path).suffix or '(none)')}; use one of "
                           f"{', '.join(sorted(OVERLAY_FORMATS))}")
     return fmt
@@ -691,7 +716,7 @@ def cmd_bench(args, out):
         f"  latency      {latency['median']:.1f} ms median of {result['calls']} calls "
         f"(p10 {latency['p10']:.1f}, p90 {latency['p90']:.1f})",
         f"  throughput   {result['images_per_second']:.1f} images/s",
-        f"  peak memory  " + (f"{memory / 2 ** 20:.0f} MiB ({result['peak_memory_source']})"
+        "  peak memory  " + (f"{memory / 2 ** 20:.0f} MiB ({result['peak_memory_source']})"
                               if memory else "unknown on this system")]), file=out)
 
 
@@ -743,11 +768,34 @@ def cmd_compile(args, out):
     print(f"{what} ready for this CPU ({ISA}): {len(used - before)} compiled now, "
           f"{len(used & before)} were in the cache ({time.perf_counter() - t0:.1f} s)", file=out)
     print(f"cache: {printable(CACHE_DIR)}", file=out)
+def cmd_summary(args, out):
+    from .api import load
+    model = load(args.model, num_threads=args.threads, allow_pickle=args.allow_pickle)
+    table = str(model.summary(args.size, time=args.time))
+    print("\n".join(printable(line) for line in table.splitlines()), file=out)
+
+
+def cmd_attention(args, out):
+    from .api import load
+    from .images import load_image
+    from .outputs import atomic_write, check_output_paths
+    from .visualize import attention_grid
+
+    fmt = overlay_format(args.out, "--out")
+    model = load(args.model, allow_pickle=args.allow_pickle)
+    check_output_paths([(Path(args.out), "--out")], [(args.image, "the input image")]
+                       + [(path, "the model file") for path in model.files])
+    maps = model.attention_maps(args.image)
+    picture = attention_grid(load_image(args.image), maps)
+    atomic_write(args.out, lambda tmp: picture.save(tmp, format=fmt))
+    for m in maps:
+        print(f"{m['name']}  scores {tuple(m['scores'].shape)}", file=out)
+    print(f"wrote {printable(args.out)} ({len(maps)} attention blocks)", file=out)
 
 
 COMMANDS = {"classify": cmd_classify, "segment": cmd_segment, "eval": cmd_eval,
             "bench": cmd_bench, "convert": cmd_convert, "info": cmd_info,
-            "compile": cmd_compile}
+            "compile": cmd_compile, "summary": cmd_summary, "attention": cmd_attention}
 
 
 def main(argv=None, out=None):

@@ -5,9 +5,7 @@
 same here.  Only the three supported ``model_type`` values are accepted.
 """
 import copy
-import json
 import math
-from pathlib import Path
 
 from . import limits
 from .errors import ConfigError
@@ -65,20 +63,6 @@ class Config:
         cfg = cls(fields)
         validate(cfg, source)
         return cfg
-
-    @classmethod
-    def from_json_file(cls, path):
-        path = Path(path)
-        try:
-            if path.stat().st_size > limits.MAX_JSON_BYTES:
-                raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a "
-                                  f"config file (limit {limits.MAX_JSON_BYTES} bytes)")
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ConfigError(f"could not read {path} as JSON: {exc}") from None
-        return cls.from_dict(raw, source=str(path))
 
     def __repr__(self):
         return f"Config(model_type={self.model_type!r}, ...)"

@@ -18,7 +18,11 @@ class InputError(TinyMViTError, ValueError):
 
 
 class ThreadingError(TinyMViTError, RuntimeError):
-    """The process cannot run parallel kernels safely (e.g. forked after OpenMP was started)."""
+    """Kept only so that code which catches it keeps working: nothing raises it any more.
+
+    It reported a process forked after OpenMP had started; the kernels now run on
+    tinymvit's own worker threads (``kernels/workers.py``), which a forked child restarts.
+    """
 
 
 class NumericalError(TinyMViTError, ArithmeticError):

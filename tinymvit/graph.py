@@ -26,7 +26,6 @@ import math
 import threading
 import time
 from collections import namedtuple
-from functools import partial
 
 import numpy as np
 
@@ -40,6 +39,11 @@ from .kernels import (attention_mha, attention_separable, batchnorm, conv, depth
 class InputTooSmall(InputError):
     """Raised while planning when a feature map becomes too small for a layer."""
 
+
+UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout in_checkpoint")
+UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) reading tensor ``input`` that transformers
+computes but nothing reads, so tinymvit does not run it (listed by summaries); its weights
+may be missing from the checkpoint (``in_checkpoint``)."""
 
 Tensor = namedtuple("Tensor", "off shape")
 Tensor.__doc__ = "A tensor of a plan: its offset in the activation arena and its shape."
@@ -56,6 +60,13 @@ def view(A, t):
 # NumPy steps (functions of the arena A).
 # ----------------------------------------------------------------------------------------
 class Node:
+    """A layer: ``name`` (its checkpoint name), input and output tensor names.
+
+    The builder sets ``tensors``, the (checkpoint tensor, shape) pairs its weights come
+    from, and ``torch_names``, the transformers modules whose output equals its own.
+    """
+    tensors, torch_names = (), ()
+
     def __init__(self, name, inputs, output):
         self.name, self.inputs, self.output = name, tuple(inputs), output
 
@@ -76,6 +87,11 @@ class Node:
         """The node's work on tensors ``ins`` -> ``out`` (Tensors); ``scratch``: a Tensor."""
         raise NotImplementedError
 
+    def reference(self, xs, out_shape, args):
+        """The node's output computed with the kernels' NumPy references (the NumPy backend):
+        ``xs`` the input arrays, ``out_shape`` and ``args`` what :meth:`infer` gave."""
+        raise NotImplementedError
+
     def __repr__(self):
         return f"{type(self).__name__}({self.name}: {', '.join(self.inputs)} -> {self.output})"
 
@@ -89,6 +105,9 @@ class ToNHWC(Node):
 
     def steps(self, ins, out, args, scratch, threads):
         return [layout.nchw_to_nhwc_op(ins[0].off, ins[0].shape, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        return layout.nchw_to_nhwc_reference(xs[0])                         # (N, H, W, C)
 
 
 def _conv_geometry(n, k, stride, dilation, padding):
@@ -183,6 +202,30 @@ class Conv(Node):
             steps.append(lambda A: np.add(view(A, out), view(A, residual), out=view(A, out)))
         return steps
 
+    def torch_weight(self):
+        """The weight (BatchNorm folded in) in torch layout, unpacked from the weight arena:
+        (Cout, Cin) for 1x1 convs and linears, (C, 1, k, k) depthwise, (Cout, Cin, k, k)."""
+        if self.kind == "pointwise":
+            return pointwise.unpack_pointwise_weight(self.weight)
+        if self.kind == "depthwise":
+            return depthwise.unpack_depthwise_weight(self.weight)
+        return conv.unpack_conv_weight(self.weight)
+
+    def reference(self, xs, out_shape, args):
+        x = layout.nchw_to_nhwc_reference(xs[0]) if self.nchw_input else xs[0]  # (N, H, W, Cin)
+        w, act = self.torch_weight(), self.fused_act()
+        if self.kind == "pointwise":
+            y = pointwise.pointwise_reference(x, w, self.bias, act)          # (..., Cout)
+        elif self.kind == "depthwise":
+            y = depthwise.depthwise_reference(x, w, self.bias, self.stride, self.dilation,
+                                              *args, act, out_shape[1:3])   # (N, Ho, Wo, C)
+        else:
+            y = conv.conv2d_reference(x, w, self.bias, self.stride, self.dilation, *args, act,
+                                      out_shape[1:3])                       # (N, Ho, Wo, Cout)
+        if act != self.act:                                                 # rare activations
+            y = act_mod.activation_reference(y, self.act)
+        return y if len(xs) == 1 else y + xs[1]                             # + residual
+
 
 class FusedSeparable(Node):
     """[1x1 expand ->] depthwise kxk -> 1x1 reduce [+ input], as one kernel op.
@@ -205,6 +248,8 @@ class FusedSeparable(Node):
                          inputs, reduce.output)
         self.expand, self.dw, self.reduce, self.residual = expand, dw, reduce, residual
         self.parts = [c for c in (expand, dw, reduce) if c is not None]
+        self.tensors = sum((c.tensors for c in self.parts), ())
+        self.torch_names = reduce.torch_names
 
     def _shapes(self, x_shape):
         e = self.expand.infer([x_shape])[0] if self.expand is not None else x_shape
@@ -257,6 +302,12 @@ class FusedSeparable(Node):
         ops.append(self.reduce.kernel_op(d, out, None, threads,
                                          ins[1].off if self.residual else None))
         return ops
+
+    def reference(self, xs, out_shape, args):
+        e_shape, d_shape, pads = self._shapes(xs[0].shape)
+        e = xs[0] if self.expand is None else self.expand.reference(xs[:1], e_shape, None)
+        d = self.dw.reference([e], d_shape, pads)                           # (N, Ho, Wo, Ch)
+        return self.reduce.reference([d] + xs[1:], out_shape, None)         # (N, Ho, Wo, Cout)
 
 
 def read_input_in_place(nodes, keep):
@@ -321,6 +372,9 @@ class GlobalAvgPool(Node):
     def steps(self, ins, out, args, scratch, threads):
         return [pooling.pool_op(ins[0].off, ins[0].shape, out.off)]
 
+    def reference(self, xs, out_shape, args):
+        return pooling.global_avg_pool_reference(xs[0])                     # (N, C)
+
 
 class Broadcast(Node):
     """(N, C) vector -> (N, H, W, C) map of the size of ``inputs[1]``.
@@ -338,6 +392,9 @@ class Broadcast(Node):
             view(A, out)[...] = view(A, ins[0])[:, None, None, :]
         return [run]
 
+    def reference(self, xs, out_shape, args):
+        return np.broadcast_to(xs[0][:, None, None, :], out_shape).copy()   # (N, H, W, C)
+
 
 class Concat(Node):
     """Concatenate NHWC maps along channels, in input order."""
@@ -352,6 +409,9 @@ class Concat(Node):
                 y[..., c:c + t.shape[-1]] = view(A, t)
                 c += t.shape[-1]
         return [run]
+
+    def reference(self, xs, out_shape, args):
+        return np.concatenate(xs, axis=-1)                                  # (N, H, W, sum C)
 
 
 class Unfold(Node):
@@ -390,6 +450,11 @@ class Unfold(Node):
             steps.append(resize.resize_op(ins[0].off, ins[0].shape, x.off, resized[1:3], 0))
         return steps + [patches.patch_op("unfold", x.off, x.shape, self.p, nh, nw, out.off)]
 
+    def reference(self, xs, out_shape, args):
+        nh, nw, resized = args
+        x = xs[0] if resized is None else resize.resize_bilinear_reference(xs[0], resized[1:3])
+        return patches.unfold_patches_reference(x, self.p, nh, nw)          # (N, P, T, C)
+
 
 class Fold(Node):
     """(N, p*p, nh*nw, C) tokens -> (N, H, W, C) map, H and W those of ``inputs[1]``.
@@ -422,6 +487,14 @@ class Fold(Node):
         return [patches.patch_op("fold", ins[0].off, tmp.shape, self.p, nh, nw, tmp.off),
                 resize.resize_op(tmp.off, tmp.shape, out.off, out.shape[1:3], 0)]
 
+    def reference(self, xs, out_shape, args):
+        nh, nw, resized = args
+        if resized is None:
+            return patches.fold_patches_reference(xs[0], self.p, nh, nw,
+                                                  *out_shape[1:3])          # (N, H, W, C)
+        y = patches.fold_patches_reference(xs[0], self.p, nh, nw, *resized[1:3])  # (N, nh*p, ..)
+        return resize.resize_bilinear_reference(y, out_shape[1:3])          # (N, H, W, C)
+
 
 class Norm(Node):
     """A normalisation with per-channel affine parameters; shape-preserving.
@@ -445,6 +518,11 @@ class Norm(Node):
     def steps(self, ins, out, args, scratch, threads):
         return [self.make_op(ins[0].off, ins[0].shape, out.off, *self.offsets, threads)]
 
+    def reference(self, xs, out_shape, args):
+        reference = {norm.group_norm_op: norm.group_norm1_reference,
+                     norm.layer_norm_op: norm.layer_norm_reference}[self.make_op]
+        return reference(xs[0], *self.params, self.eps)                     # (N, P, T, C)
+
 
 class SeparableAttention(Node):
     """(N, P, T, 1+2d) fused query/key/value -> (N, P, T, d)  (MobileViTV2)."""
@@ -455,6 +533,9 @@ class SeparableAttention(Node):
 
     def steps(self, ins, out, args, scratch, threads):
         return [attention_separable.separable_attention_op(ins[0].off, ins[0].shape, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        return attention_separable.separable_attention_reference(xs[0])     # (N, P, T, d)
 
 
 class MultiHeadAttention(Node):
@@ -471,6 +552,12 @@ class MultiHeadAttention(Node):
     def steps(self, ins, out, args, scratch, threads):
         n, p, t, c3 = ins[0].shape
         return [attention_mha.mha_op(ins[0].off, (n * p, t, c3), self.num_heads, out.off)]
+
+    def reference(self, xs, out_shape, args):
+        n, p, t, c3 = xs[0].shape
+        y = attention_mha.multi_head_attention_reference(xs[0].reshape(n * p, t, c3),
+                                                          self.num_heads)   # (N*P, T, h)
+        return y.reshape(out_shape)                                         # (N, P, T, h)
 
 
 # ----------------------------------------------------------------------------------------
@@ -563,6 +650,7 @@ class Graph:
     """
 
     MAX_CACHED_SHAPES = 4  # plans (and their buffers) kept for this many recent input shapes
+    unused = ()            # UnusedLayers: counted by summaries, never run (set by the builder)
 
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
@@ -596,13 +684,13 @@ class Graph:
         """Every tensor's shape for ``input_shape`` (N, C, H, W); raises InputTooSmall."""
         return self.infer(input_shape)[0]
 
-    def _acquire(self, shape, with_hidden, threads):
-        key = (tuple(shape), bool(with_hidden), threads)
+    def _acquire(self, shape, kept, threads):
+        key = (tuple(shape), tuple(kept), threads)
         with self._lock:
             free = self._pool.setdefault(key, [])
             if free:
                 return key, free.pop()
-        return key, Plan(self, shape, self._kept(with_hidden), threads)
+        return key, Plan(self, shape, kept, threads)
 
     def _release(self, key, plan):
         with self._lock:
@@ -611,13 +699,18 @@ class Graph:
             while len(self._pool) > self.MAX_CACHED_SHAPES:  # e.g. segment() on photos of
                 self._pool.popitem(last=False)               # many sizes: bound the memory
 
-    def run(self, x, with_hidden=False, threads=None, timings=None):
+    def run(self, x, with_hidden=False, threads=None, timings=None, backend="numba", keep=()):
         """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
 
         ``threads``: worker threads (default: every core).  If ``timings`` is a list,
-        (node, seconds) pairs are appended to it (profiling).
+        (node, seconds) pairs are appended to it (profiling).  ``backend``: "numba" (the
+        planned program of compiled kernels) or "numpy" (:meth:`run_reference`).  ``keep``:
+        more tensors to return (e.g. every node's output, for debugging).
         """
-        key, plan = self._acquire(x.shape, with_hidden, threads or workers.default_threads())
+        kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
+        if backend == "numpy":
+            return self.run_reference(x, kept, timings)
+        key, plan = self._acquire(x.shape, kept, threads or workers.default_threads())
         try:
             view(plan.arena, plan.tensors[self.input])[...] = x
             if timings is None:
@@ -627,44 +720,90 @@ class Graph:
                     t0 = time.perf_counter()
                     plan.run(self.weights, steps)
                     timings.append((node, time.perf_counter() - t0))
-            return {name: view(plan.arena, plan.tensors[name]).copy()
-                    for name in self._kept(with_hidden)}
+            return {name: view(plan.arena, plan.tensors[name]).copy() for name in kept}
         finally:
             self._release(key, plan)
 
+    def run_reference(self, x, kept, timings=None):
+        """The NumPy backend: the nodes, shapes and arguments of a plan, every node computing
+        its output with the kernels' NumPy references (:meth:`Node.reference`).  No compiled
+        code runs: slow, and readable in a debugger -- step through this loop."""
+        shapes, args = self.infer(x.shape)
+        last_use = {name: i for i, node in enumerate(self.nodes) for name in node.inputs}
+        values = {self.input: x}                                 # tensor name -> NumPy array
+        for i, (node, node_args) in enumerate(zip(self.nodes, args)):
+            t0 = time.perf_counter()
+            y = node.reference([values[name] for name in node.inputs], shapes[node.output],
+                               node_args)
+            assert y.shape == shapes[node.output] and y.dtype == np.float32, node
+            values[node.output] = y
+            if timings is not None:
+                timings.append((node, time.perf_counter() - t0))
+            for name in set(node.inputs) - set(kept):            # free what nobody reads again
+                if last_use[name] == i:
+                    del values[name]
+        return {name: values[name] for name in kept}
+
 
 class GraphBuilder:
-    """What model builders call: each method checks weights, appends a node, returns a name."""
+    """What model builders call: each method checks weights, appends a node, returns a name.
+
+    Names are those of the checkpoint: a layer ``prefix`` of the backbone is stored as
+    ``<backbone prefix><prefix>`` (e.g. ``mobilevitv2.conv_stem``) and the node is named so;
+    head layers (``backbone=False``) as they are.  Each node also records the checkpoint
+    tensors its weights come from (``Node.tensors``, for parameter counts) and the
+    transformers modules whose output equals its own (``Node.torch_names``, for comparing
+    activations with transformers' forward hooks): by default the layer itself, none for a
+    layer whose output has a residual added (transformers adds it outside the layer), plus
+    ``output_of``, a module that ends with this layer (an inverted residual, a transformer
+    layer).
+    """
 
     def __init__(self, store, num_channels):
         self.store = store
         self.nodes = []
+        self.unused = []       # layers transformers computes but never reads (not run)
         self.channels = {"pixel_values": num_channels}
         self.input = "pixel_values"
         self._count = 0
+        self._read = []        # (tensor name, shape) read for the node being built
 
     def _new(self, name):
         self._count += 1
         return f"{name}#{self._count}"
 
-    def _add(self, node, channels):
+    def _name(self, prefix, backbone):
+        return (self.store.prefix if backbone else "") + prefix
+
+    def _get(self, prefix, name, shape, backbone):
+        """Tensor ``<prefix>.<name>`` of the checkpoint, recorded for the node being built."""
+        self._read.append((self._name(f"{prefix}.{name}", backbone), tuple(shape)))
+        return self.store.get(f"{prefix}.{name}", shape, backbone)
+
+    def _add(self, node, channels, torch_names=None, output_of=None):
+        node.tensors, self._read = tuple(self._read), []
+        names = (node.name,) if torch_names is None else tuple(torch_names)
+        if output_of is not None:
+            names += (output_of,)
+        node.torch_names = names
         self.nodes.append(node)
         self.channels[node.output] = channels
         return node.output
 
     # -- layers -----------------------------------------------------------------------------
     def to_nhwc(self, x):
-        return self._add(ToNHWC("input", [x], self._new("nhwc")), self.channels[x])
+        return self._add(ToNHWC("input", [x], self._new("nhwc")), self.channels[x], ())
 
     def conv(self, x, prefix, cout, k=1, stride=1, dilation=1, groups=1, bias=False,
-             bn_eps=None, act=None, padding="symmetric", residual=None, backbone=True):
+             bn_eps=None, act=None, padding="symmetric", residual=None, backbone=True,
+             output_of=None):
         """A transformers ConvLayer: ``<prefix>.convolution`` (+ ``<prefix>.normalization``).
 
         ``bn_eps`` None means no batch norm; otherwise BN is folded into the weights.
         ``act`` is an activation name or None.  ``residual`` names a tensor added after it.
         """
         cin = self.channels[x]
-        get = lambda n, s: self.store.get(f"{prefix}.{n}", s, backbone)  # noqa: E731
+        get = lambda n, s: self._get(prefix, n, s, backbone)  # noqa: E731
         w = get("convolution.weight", (cout, cin // groups, k, k)).astype(np.float64)
         b = get("convolution.bias", (cout,)) if bias else None
         if bn_eps is not None:
@@ -684,55 +823,85 @@ class GraphBuilder:
         else:
             raise NotImplementedError(f"{prefix}: grouped conv with groups={groups}")
         inputs = [x] if residual is None else [x, residual]
-        node = Conv(prefix, inputs, self._new(prefix), kind, w, b, k, stride, dilation, padding,
+        name = self._name(prefix, backbone)
+        node = Conv(name, inputs, self._new(name), kind, w, b, k, stride, dilation, padding,
                     act_mod.act_code(act))
-        return self._add(node, cout)
+        node.batch_norm = bn_eps is not None
+        return self._add(node, cout, () if residual is not None else None,
+                         output_of and self._name(output_of, backbone))
 
-    def linear(self, x, prefix, cout, act=None, residual=None, backbone=True):
+    def unused_conv(self, x, prefix, cout, bn_eps, act):
+        """A 1x1 ConvLayer transformers computes but never reads: not run.  Its weights are
+        optional (checkpoints exported from TF graphs lack them), shape-checked when present,
+        and counted by :meth:`tinymvit.api.Model.summary` as PyTorch counts them."""
+        cin, name = self.channels[x], self._name(prefix, True)
+        shapes = [("convolution.weight", (cout, cin, 1, 1))] + [
+            (f"normalization.{n}", (cout,)) for n in ("weight", "bias", "running_mean",
+                                                      "running_var")]
+        present = self.store.has(f"{prefix}.{shapes[0][0]}")
+        if present:
+            for n, shape in shapes:
+                self.store.get(f"{prefix}.{n}", shape)
+        self.unused.append(UnusedLayer(name, x, act, tuple((f"{name}.{n}", shape)
+                                                           for n, shape in shapes), cin, cout,
+                                       present))
+
+    def linear(self, x, prefix, cout, act=None, residual=None, backbone=True, output_of=None):
         """nn.Linear ``<prefix>.weight/.bias`` on (N, C) vectors or (..., C) tokens,
         with activation and residual add fused."""
         return self.fused_linear(x, prefix, [None], cout, act=act, residual=residual,
-                                 backbone=backbone)
+                                 backbone=backbone, output_of=output_of)
 
     def fused_linear(self, x, prefix, names, cout_each, bias=True, act=None, residual=None,
-                     backbone=True):
+                     backbone=True, output_of=None):
         """Several nn.Linear layers ``<prefix>.<name>`` reading the same input, as one matmul.
 
         Outputs are concatenated along channels in ``names`` order (a name None means
         ``<prefix>`` itself); ``bias=False`` means zero biases.
         """
         cin = self.channels[x]
-        full = [prefix if n is None else f"{prefix}.{n}" for n in names]
-        ws = [self.store.get(f"{p}.weight", (cout_each, cin), backbone) for p in full]
-        bs = [self.store.get(f"{p}.bias", (cout_each,), backbone) if bias
-              else np.zeros(cout_each, np.float32) for p in full]
+        ws = [self._get(prefix if n is None else f"{prefix}.{n}", "weight", (cout_each, cin),
+                        backbone) for n in names]
+        bs = [self._get(prefix if n is None else f"{prefix}.{n}", "bias", (cout_each,), backbone)
+              if bias else np.zeros(cout_each, np.float32) for n in names]
         inputs = [x] if residual is None else [x, residual]
-        node = Conv(prefix, inputs, self._new(prefix), "pointwise",
+        name = self._name(prefix, backbone)
+        node = Conv(name, inputs, self._new(name), "pointwise",
                     np.ascontiguousarray(np.concatenate(ws)), np.ascontiguousarray(np.concatenate(bs)),
                     1, 1, 1, "symmetric", act_mod.act_code(act))
-        return self._add(node, cout_each * len(names))
+        node.batch_norm, node.linear = False, True
+        # nn.Linear applies no activation and no residual: its hook sees neither
+        plain = names == [None] and residual is None and act is None
+        return self._add(node, cout_each * len(names), None if plain else (),
+                         output_of and self._name(output_of, backbone))
 
-    def global_pool(self, x, name="pool"):
+    def global_pool(self, x, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(GlobalAvgPool(name, [x], self._new(name)), self.channels[x])
 
-    def broadcast(self, v, like, name="broadcast"):
+    def broadcast(self, v, like, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(Broadcast(name, [v, like], self._new(name)), self.channels[v])
 
-    def concat(self, xs, name="concat"):
+    def concat(self, xs, name, backbone=True):
+        name = self._name(name, backbone)
         return self._add(Concat(name, xs, self._new(name)), sum(self.channels[x] for x in xs))
 
-    def unfold(self, x, p, mode, name="unfold"):
+    def unfold(self, x, p, mode, name):
+        name = self._name(name, True)
         return self._add(Unfold(name, [x], self._new(name), p, mode), self.channels[x])
 
-    def fold(self, tokens, like, p, mode, name="fold"):
+    def fold(self, tokens, like, p, mode, name):
+        name = self._name(name, True)
         return self._add(Fold(name, [tokens, like], self._new(name), p, mode),
                          self.channels[tokens])
 
     def _norm(self, x, prefix, eps, make_op):
         c = self.channels[x]
-        g = self.store.get(f"{prefix}.weight", (c,))
-        b = self.store.get(f"{prefix}.bias", (c,))
-        return self._add(Norm(prefix, [x], self._new(prefix), make_op, g, b, eps), c)
+        g = self._get(prefix, "weight", (c,), True)
+        b = self._get(prefix, "bias", (c,), True)
+        name = self._name(prefix, True)
+        return self._add(Norm(name, [x], self._new(name), make_op, g, b, eps), c)
 
     def group_norm(self, x, prefix, eps):
         """GroupNorm(1, C) ``<prefix>.weight/.bias`` (MobileViTV2's "layernorm")."""
@@ -743,16 +912,24 @@ class GraphBuilder:
         return self._norm(x, prefix, eps, norm.layer_norm_op)
 
     def separable_attention(self, qkv, prefix):
+        """MobileViTV2's attention core; transformers' ``<prefix>`` module also applies
+        ``out_proj``, so no module output equals this node's."""
         d = (self.channels[qkv] - 1) // 2
-        return self._add(SeparableAttention(prefix, [qkv], self._new(prefix)), d)
+        name = self._name(prefix, True)
+        return self._add(SeparableAttention(name, [qkv], self._new(name)), d, ())
 
     def multi_head_attention(self, qkv, prefix, num_heads):
-        return self._add(MultiHeadAttention(prefix, [qkv], self._new(prefix), num_heads),
-                         self.channels[qkv] // 3)
+        """MobileViT's attention core: the output of transformers' ``<prefix>.attention``
+        (MobileViTSelfAttention; ``<prefix>`` also applies ``output.dense``)."""
+        name = self._name(prefix, True)
+        return self._add(MultiHeadAttention(name, [qkv], self._new(name), num_heads),
+                         self.channels[qkv] // 3, (f"{name}.attention",))
 
     def build(self, outputs):
         self.store.check_all_used()
         names = [v for k, v in outputs.items() if k != "hidden_states" and v]
         keep = names + list(outputs["hidden_states"])
         nodes = fuse_separable(read_input_in_place(self.nodes, keep), keep)
-        return Graph(nodes, self.input, outputs)
+        graph = Graph(nodes, self.input, outputs)
+        graph.unused = self.unused
+        return graph

@@ -196,3 +196,49 @@ def _draw_legend(im, entries, margin=6, pad=4, gap=4):
         draw.text((px + sw + gap, py), t, fill=(0, 0, 0), font=font)
     im.info.update(info)
     return im
+
+
+# A dark-to-bright colour ramp (black, purple, orange, pale yellow, like matplotlib's "magma"):
+# (position 0..1, R, G, B) anchors, linearly interpolated.
+HEAT = np.array([[0.00, 0, 0, 4], [0.25, 80, 18, 123], [0.50, 183, 55, 121],
+                 [0.75, 252, 137, 97], [1.00, 252, 253, 191]], dtype=np.float64)
+
+
+def heat_overlay(image_rgb, values, alpha=0.6):
+    """The photo with ``values`` (H, W) blended over it as a heat map (per-image min-max
+    scaled; NaN: the photo, darkened).  Returns an (H, W, 3) uint8 array."""
+    photo = load_image(image_rgb).astype(np.float64)                  # (H, W, 3)
+    v = np.asarray(values, np.float64)                                # (H, W)
+    seen = np.isfinite(v)
+    lo, hi = (v[seen].min(), v[seen].max()) if seen.any() else (0.0, 1.0)
+    t = np.where(seen, (v - lo) / (hi - lo if hi > lo else 1.0), 0.0)  # (H, W) in 0..1
+    heat = np.stack([np.interp(t, HEAT[:, 0], HEAT[:, c]) for c in (1, 2, 3)], -1)  # (H, W, 3)
+    mix = np.where(seen[..., None], (1 - alpha) * photo + alpha * heat, 0.35 * photo)
+    return np.clip(np.rint(mix), 0, 255).astype(np.uint8)
+
+
+def attention_grid(image_rgb, maps, panel=256, margin=6):
+    """A grid of attention maps over the photo: one row per stage, one panel per block,
+    each titled with its ``title`` (``maps``: what ``Model.attention_maps`` returns).
+    Panels are the photo scaled to ``panel`` pixels on its longer side.  Returns a PIL
+    RGB image."""
+    photo = load_image(image_rgb)                                     # (H, W, 3) uint8
+    H, W = photo.shape[:2]
+    scale = panel / max(H, W)
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))      # (w, h) of a panel
+    stages = {}
+    for m in maps:
+        stages.setdefault(m["title"].split(",")[0], []).append(m)
+    font = _default_font(panel)
+    line_h = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), "Ag", font=font)[3] + 4
+    cols, rows = max(len(v) for v in stages.values()), len(stages)
+    grid = Image.new("RGB", (margin + cols * (size[0] + margin),
+                             margin + rows * (size[1] + line_h + margin)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, blocks in enumerate(stages.values()):
+        for c, m in enumerate(blocks):
+            x0, y0 = margin + c * (size[0] + margin), margin + r * (size[1] + line_h + margin)
+            tile = Image.fromarray(heat_overlay(photo, m["map"])).resize(size, Image.BILINEAR)
+            grid.paste(tile, (x0, y0 + line_h))
+            draw.text((x0, y0), _text(font, printable(m["title"])), fill=(0, 0, 0), font=font)
+    return grid
