@@ -29,7 +29,6 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import kernels as K  # noqa: F401  (selects the thread-safe Numba threading layer)
 from .errors import InputError
 from .kernels import activations as act_mod
 from .kernels import (attention_mha, attention_separable, batchnorm, conv, depthwise, layout,
@@ -233,13 +232,16 @@ class FusedSeparable(Node):
     Made by :func:`fuse_separable` from three (or two) Conv nodes.  The fused op
     (``kernels.depthwise.separable_op``) splits the output rows between parallel jobs;
     each job re-expands the few input rows it shares with a neighbour.  Where that
-    recomputation would cost more than MAX_EXTRA (small maps on several threads), or
-    rows are narrower than MIN_WIDTH (small maps: they fit in cache anyway), the
-    three convs run one after the other on scratch buffers instead.
+    recomputation would cost more than MAX_EXTRA (small maps on several threads), rows
+    are narrower than MIN_WIDTH (small maps: they fit in cache anyway), or a row would
+    leave more than MAX_IDLE of the rows of its register tiles idle (the CPU's tile height
+    MR: 6 rows with AVX2, 12 with AVX-512), the three convs run one after the other on
+    scratch buffers instead.
     """
 
     MAX_EXTRA = 0.15   # largest fraction of input rows expanded twice that fusion may cost
     MIN_WIDTH = 24     # narrowest input rows the fused op takes (each is one 1x1 product)
+    MAX_IDLE = 0.15    # largest fraction of idle tile rows a row's 1x1 product may have
 
     def __init__(self, expand, dw, reduce, residual):
         x = expand.inputs[0] if expand is not None else dw.inputs[0]
@@ -265,7 +267,8 @@ class FusedSeparable(Node):
         one input row at a time), or jobs would expand more than MAX_EXTRA of the input rows
         twice."""
         n, h, w, _ = x_shape
-        if w < self.MIN_WIDTH:
+        tile_rows = -(-w // pointwise.MR) * pointwise.MR
+        if w < self.MIN_WIDTH or tile_rows - w > self.MAX_IDLE * w:
             return False
         ho = out_shape[1]
         rows = depthwise.plan_row_jobs(n, ho, threads)
