@@ -9,27 +9,29 @@ reading zeros outside the input (s = stride, d = dilation, both axes).  The
 output size is given by ``out``; bottom/right padding is whatever that size
 needs, so symmetric and TF-"SAME" (asymmetric) padding are the same kernel.
 
-Implementation: an *implicit GEMM* on the pointwise kernel's register tile.
-Each output pixel is one row of a matrix A whose K = kh*kw*Cin columns are the
-input vectors seen by the kh*kw taps (the "im2col" row); then out = A @ W' with
-W' the weight reshaped to (kh*kw*Cin, Cout).  A is never materialised whole:
-each parallel job copies the rows of its chunk of MC output pixels into a small
-buffer (zeros where a tap falls in the padding) and runs the MR x NR register
-tiles of ``simd.gemm_tile`` over it.
+Implementation: an *implicit GEMM* on the pointwise kernel's register tile
+(``simd.gemm_tile``), out = A @ W' with W' the weight as (kh*kw*Cin, Cout) and
+A's row for an output pixel the kh*kw input vectors its taps read.  A is never
+made; two ways to read it in place, by the number of input channels:
 
-A tap that falls in the padding for all MR pixels of a tile is skipped: the tile
-runs over the runs of consecutive live taps only.  With large dilations on small
-maps (DeepLab ASPP: rates 6/12/18 on 32x32) most off-centre taps only read
-padding, so this saves a large share of the work.
+* many (>= DIRECT_MIN_CHANNELS): tap by tap, the tiles read a row of output
+  pixels' input vectors straight from x (pixels s*Cin floats apart) and add their
+  products into the output; a tap whose pixels all fall in the padding is skipped
+  (DeepLab's ASPP: rates 6/12/18 on a 32x32 map, most off-centre taps);
+* few (the stem: Cin = 3): the input rows a job needs are staged once, channels
+  last and zero-padded, into a small ring (the model's NCHW input is read in its
+  own layout there); then the kw taps of a tap row are kw*Cin consecutive floats
+  for every pixel, and a tile takes them as one product of depth kw*Cin.
 """
 from collections import namedtuple
 
 import numpy as np
 
 from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
-                        pack_panels, plan_jobs, store_tile, unpack_panels)
+                        pack_panels, store_tile, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, zero_floats
+from .simd import (MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, stack_buffer_i64,
+                   zero_floats)
 from .workers import default_threads
 
 
@@ -82,120 +84,80 @@ def unpack_conv_weight(wp):
 
 
 # ---------------------------------------------------------------- the kernel
-@helper
-def valid_taps(pos, k, dil, size):
-    """[lo, hi): the taps t < k whose input index pos + t*dil lies in [0, size)."""
-    lo = 0
-    while lo < k and pos + lo * dil < 0:
-        lo += 1
-    hi = k
-    while hi > lo and pos + (hi - 1) * dil >= size:
-        hi -= 1
-    return lo, hi
-
-
-@helper
-def _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
-            pad_l, nchw):
-    """The im2col rows of output pixels m_lo .. m_lo + rows (pixel m = (img, i, j)):
-
-        cols[r*K + (a*kw + b)*cin + c] = x[img, i*s - pad_t + a*d, j*s - pad_l + b*d, c]
-
-    or 0 where that tap falls in the padding (K = kh*kw*cin; x (N, H, W, cin) at
-    A[x_off], or (N, cin, H, W) if ``nchw``: the model input, read in its own layout;
-    cols = A[cols:], live = A[live:], both in the job's scratch space);
-    A[live + (r // MR)*kh*kw + a*kw + b] = 1 when the tap reads real input."""
-    kt = kh * kw * cin
-    img = m_lo // (ho * wo)              # pixel (img, i, j) of row 0, then counted up
-    i = (m_lo // wo) % ho
-    j = m_lo % wo
-    for r in range(rows):
-        ih0 = i * stride - pad_t
-        iw0 = j * stride - pad_l
-        a_lo, a_hi = valid_taps(ih0, kh, dil, h)
-        b_lo, b_hi = valid_taps(iw0, kw, dil, w_in)
-        row = r * kt
-        if a_hi - a_lo < kh or b_hi - b_lo < kw:       # near the border: zeros first
-            zero_floats(A, cols + row, kt)
-        for a in range(a_lo, a_hi):
-            ih = ih0 + a * dil
-            for b in range(b_lo, b_hi):
-                t = a * kw + b
-                A[live + (r // MR) * kh * kw + t] = 1.0
-                iw = iw0 + b * dil
-                if nchw:
-                    for ch in range(cin):
-                        A[cols + row + t * cin + ch] = A[x_off + ((img * cin + ch) * h + ih) * w_in
-                                                         + iw]
-                else:
-                    copy_floats(A, cols + row + t * cin, A, x_off + ((img * h + ih) * w_in + iw) * cin,
-                                cin)
-        j += 1
-        if j == wo:
-            j = 0
-            i += 1
-            if i == ho:
-                i = 0
-                img += 1
-
-
-# fields of a "conv" op row, after [code, jobs]; mc: output pixels (im2col) or rows (direct)
-# per job, pg: panels per job
+# fields of a "conv" op row, after [code, jobs]; mc: output rows per job, pg: panels per job
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
                "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct",
                "nchw")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps are read in place
 
 
+MAX_TAP_ROWS = 64          # largest kernel height of a conv with few input channels
+
+
+def ring_width(w_in, wo, kw, stride, dil, pad_l):
+    """Columns of a staged (zero-padded) input row: every tap of every output pixel."""
+    return max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1)
+
+
 @helper
-def _im2col_chunk(A, W, p, j, worker):
-    """Job j of an im2col conv op: mc output pixels x pg panels -- gather their im2col rows
-    into the job's scratch (zeros in the padding), then run the register tiles over the
-    runs of consecutive taps that read real input for the tile."""
+def _staged_rows(A, W, p, j, worker):
+    """Job j of a conv op with few input channels: a band of mc output rows of one image.
+
+    The input rows the band reads are staged, once each, into a ring of zero-padded
+    rows in the job's scratch space (channels last, whatever x's layout; a row of zeros
+    stands for rows outside the input).  Per output row, per tap row a, one register
+    tile product of depth kw*Cin over pixel rows stride*Cin floats apart (dilated
+    kernels: one product per tap, depth Cin), then bias and activation."""
     x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
-    pad_t, pad_l, mc, pg = p[18], p[19], p[20], p[21]
-    m_total = n_img * ho * wo
-    n_panels = (cout + NR - 1) // NR
-    n_groups = (n_panels + pg - 1) // pg
-    chunk = j // n_groups
-    group = j - chunk * n_groups
-    m_lo = chunk * mc
-    rows = min(mc, m_total - m_lo)
-    taps = kh * kw
-    kt = taps * cin
-    cols = scratch(p, worker)                          # im2col rows of this chunk: A[cols:]
-    live = cols + mc * kt                              # tap t reads input for tile q: A[live:]
-    zero_floats(A, live, (mc // MR + 1) * taps)
+    pad_t, pad_l, mc, nchw = p[18], p[19], p[20], p[23] != 0
+    bands = (ho + mc - 1) // mc
+    n = j // bands
+    i_lo = (j - n * bands) * mc
+    i_hi = min(ho, i_lo + mc)
+    kt = kh * kw * cin
+    row_len = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1) * cin   # ring_width
+    n_slots = (kh - 1) * dil + stride
+    ring = scratch(p, worker)
+    zero_floats(A, ring, (n_slots + 1) * row_len)
+    zero_row = ring + n_slots * row_len
+    offs = stack_buffer_i64(MAX_TAP_ROWS)
     acc = stack_buffer(TILE)
-    _gather(A, x_off, h, w_in, cin, cols, live, m_lo, rows, ho, wo, kh, kw, stride, dil, pad_t,
-            pad_l, p[23] != 0)
-    for pp in range(group * pg, min(n_panels, group * pg + pg)):
-        n0 = pp * NR
-        ncols = min(NR, cout - n0)
-        for r0 in range(0, rows, MR):
-            tile = r0 // MR
-            nrows = min(MR, rows - r0)
-            started = False
-            t = 0
-            flags = live + tile * taps
-            while t < taps:                            # runs of live taps
-                if A[flags + t] == 0.0:
-                    t += 1
-                    continue
-                t_end = t + 1
-                while t_end < taps and A[flags + t_end] != 0.0:
-                    t_end += 1
-                gemm_tile(acc, A, cols + r0 * kt + t * cin, kt, nrows, W,
-                          w_off + (pp * kt + t * cin) * NR, (t_end - t) * cin, started)
-                started = True
-                t = t_end
-            if not started:                            # every tap in the padding
-                for q in range(TILE):
-                    acc[q] = np.float32(0.0)
-            o = o_off + (m_lo + r0) * cout + n0
-            store_tile(acc, nrows, A, o, cout, ncols, W, b_off + n0, act, A, o, False)
+    nxt = max(0, i_lo * stride - pad_t)                # next input row to stage
+    for i in range(i_lo, i_hi):
+        ih0 = i * stride - pad_t
+        last = min(h - 1, ih0 + (kh - 1) * dil)
+        while nxt <= last:                             # stage the rows this one needs
+            r = ring + (nxt % n_slots) * row_len + pad_l * cin
+            if nchw:
+                for ch in range(cin):
+                    src = x_off + ((n * cin + ch) * h + nxt) * w_in
+                    for x in range(w_in):
+                        A[r + x * cin + ch] = A[src + x]
+            else:
+                copy_floats(A, r, A, x_off + (n * h + nxt) * w_in * cin, w_in * cin)
+            nxt += 1
+        for a in range(kh):
+            ih = ih0 + a * dil
+            offs[a] = ring + (ih % n_slots) * row_len if 0 <= ih < h else zero_row
+        o_row = o_off + (n * ho + i) * wo * cout
+        for pp in range((cout + NR - 1) // NR):
+            n0 = pp * NR
+            panel = w_off + pp * kt * NR
+            for j0 in range(0, wo, MR):
+                rows = min(MR, wo - j0)
+                for a in range(kh):
+                    x = offs[a] + j0 * stride * cin
+                    if dil == 1:                       # the kw taps: kw*cin floats in a row
+                        gemm_tile(acc, A, x, stride * cin, rows, W, panel + a * kw * cin * NR,
+                                  kw * cin, a > 0)
+                    else:
+                        for b in range(kw):
+                            gemm_tile(acc, A, x + b * dil * cin, stride * cin, rows, W,
+                                      panel + (a * kw + b) * cin * NR, cin, a + b > 0)
+                store_tile(acc, rows, A, o_row + j0 * cout + n0, cout, min(NR, cout - n0), W,
+                           b_off + n0, act, A, 0, False)
 
 
 @helper
@@ -256,12 +218,12 @@ def _direct_rows(A, W, p, j):
 
 @job
 def conv_job(pa, a_size, pw, w_size, pp, j, worker):
-    """Job j of a conv op (im2col for few input channels, direct for many: see conv_op)."""
+    """Job j of a conv op (staged rows for few input channels, direct for many)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     if p[22]:
         _direct_rows(A, W, p, j)
     else:
-        _im2col_chunk(A, W, p, j, worker)
+        _staged_rows(A, W, p, j, worker)
 
 
 def check_maps(x_shape, out_shape, cin, cout):
@@ -297,8 +259,6 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     check_activation(act)
     n, h, w, cin = x_shape
     _, ho, wo, cout = out_shape
-    m = n * ho * wo
-    kt = wp.kh * wp.kw * cin
     panels = wp.panels.shape[0]
     from .program import Op
     if cin >= DIRECT_MIN_CHANNELS and not nchw:
@@ -312,11 +272,15 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         return Op("conv", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
                    stride, dilation, pad_top, pad_left, band, pg, True, False))
-    # the im2col chunk (MC x kh*kw*Cin floats, <= 256 KiB) stays in L2
-    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // kt)), panels, threads)
-    return Op("conv", jobs, (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off,
-                             b_off, act, stride, dilation, pad_top, pad_left, mc, pg, False, nchw),
-              scratch=mc * kt + (mc // MR + 1) * wp.kh * wp.kw)
+    # few input channels: bands of output rows, each job staging the rows its band reads
+    check(wp.kh <= MAX_TAP_ROWS, f"kernel height {wp.kh} > {MAX_TAP_ROWS}")
+    per_img = 1 if threads == 1 else min(ho, -(-4 * threads // n))
+    mc = -(-ho // per_img)
+    width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
+    return Op("conv", n * -(-ho // mc), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw,
+                                         w_off, b_off, act, stride, dilation, pad_top, pad_left,
+                                         mc, panels, False, nchw),
+              scratch=((wp.kh - 1) * dilation + stride + 1) * width * cin)
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):
