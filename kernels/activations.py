@@ -1,30 +1,27 @@
-"""Activations: ReLU, ReLU6, SiLU (a.k.a. swish), and the identity; plus a vectorisable exp.
+"""Activations: ReLU, ReLU6, SiLU (a.k.a. swish), and the identity; the rarer ones of
+transformers' ACT2FN; and a vectorised exp.
 
-Activations are almost always fused into the kernel that produces the tensor:
-those kernels take an ``act`` code and call :func:`apply_act` per element.
-:func:`activation` is the standalone in-place form.
+ReLU, ReLU6 and SiLU are applied in registers by the kernel that produces a tensor
+(the GEMM and depthwise tiles of ``simd.py`` take an ``act`` code); the rarer ones
+run as a separate pass (:func:`activation_job`, float64 per element, never on a hot
+path).  :func:`activation` is the standalone in-place form.
 
-SiLU needs ``exp``.  ``math.exp`` compiles to a scalar libm call that LLVM cannot
-vectorise (no SVML here), which made SiLU a third of MobileViTV2's run time, so
-:func:`exp_f32` computes it inline: x = n*ln2 + r with |r| <= ln2/2 (Cody-Waite
-reduction), exp(r) by a degree-6 polynomial (Cephes' expf coefficients), and 2**n
-assembled directly as float32 exponent bits.  Max relative error ~1.2e-7 (float32
-rounding level); the softmax kernels use it too.  Kernels calling it must be
-compiled with ``error_model="numpy"`` so the division in SiLU does not block
-vectorisation.
+SiLU is x * sigmoid(x) = x / (1 + exp(-x)).  ``math.exp`` compiles to a scalar libm
+call, so :func:`vexp` computes exp a vector at a time: x = n*ln2 + r with |r| <=
+ln2/2 (Cody-Waite reduction: ln2 in two parts), exp(r) by a degree-6 polynomial
+(Cephes' expf coefficients), and 2**n assembled directly as float32 exponent bits;
+max relative error ~1.2e-7 (float32 rounding level).  1/(1 + e) is the CPU's
+reciprocal estimate refined by one Newton step.  The tiles' epilogues emit the same
+arithmetic as LLVM IR (``simd._exp``, ``simd._activation``); the softmax kernels use
+:func:`vexp`.
 """
 import math
 
 import numpy as np
 
-from .lazy import LazyModule, intrinsic
-
 from .policy import arenas, check, check_array, helper, job
 from .simd import (VEC, vadd, vfloor, vfma, vload, vload_n, vmax, vmin, vmul, vpow2i, vrcp,
                    vsplat, vstore, vstore_n, vsub)
-
-ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
-types = LazyModule("numba.core.types")
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -61,56 +58,14 @@ def act_code(name):
     return _BY_NAME[key]
 
 
-@intrinsic
-def _pow2_f32(typingctx, n):
-    """2**n for an integral float32 n in [-126, 127], built from its exponent bits."""
-    if n != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        e = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
-        return builder.bitcast(builder.shl(e, ir.Constant(i32, 23)), ir.FloatType())
-    return types.float32(types.float32), codegen
-
-
-@helper
-def exp_f32(x):
-    """exp(x) for float32 x, inlinable and vectorisable (clamped to the float32 range)."""
-    x = min(max(x, np.float32(-87.3)), np.float32(88.0))
-    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))      # round(x / ln2)
-    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)  # x - n*ln2, 2 parts
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    return (p * r * r + r + np.float32(1.0)) * _pow2_f32(n)
-
-
-@helper
-def apply_act(v, act):
-    """Apply activation ``act`` (ReLU, ReLU6, SiLU or none) to the float32 scalar ``v``.
-
-    Only these four are fused into kernels: a rarer code in the same loop would stop
-    LLVM from vectorising it (SiLU got 2.5x slower when that was tried).
-    """
-    if act == ACT_RELU:
-        return max(v, np.float32(0.0))
-    if act == ACT_RELU6:
-        return min(max(v, np.float32(0.0)), np.float32(6.0))
-    if act == ACT_SILU:
-        return v / (np.float32(1.0) + exp_f32(-v))
-    return v  # ACT_NONE; codes > MAX_FUSED are applied by `activation`, never fused
-
-
-MAX_FUSED = ACT_SILU  # codes 0..MAX_FUSED may be fused into producing kernels via apply_act
+MAX_FUSED = ACT_SILU  # codes 0..MAX_FUSED are applied in registers by producing kernels
 
 
 @helper
 def vexp(x):
-    """exp of every lane of a vector: :func:`exp_f32`'s method, VEC lanes at once."""
+    """exp of every lane of a vector, to ~1 ulp, clamped to float32's range: x = n*ln2 + r
+    (Cody-Waite: ln2 in two parts), exp(r) by Cephes' expf polynomial, 2**n from the
+    exponent bits."""
     x = vmin(vmax(x, vsplat(-87.3)), vsplat(88.0))
     n = vfloor(vfma(x, vsplat(1.44269504), vsplat(0.5)))            # round(x / ln2)
     r = vfma(n, vsplat(-0.693359375), x)                              # x - n*ln2, 2 parts
@@ -184,8 +139,7 @@ def activation_job(pa, a_size, pw, w_size, pp, j, worker):
     lo = x_off + j * per
     hi = x_off + min(count, j * per + per)
     if act <= MAX_FUSED:
-        for i in range(lo, hi):
-            A[i] = apply_act(A[i], act)
+        activate(A, lo, hi - lo, act)
     else:
         for i in range(lo, hi):
             A[i] = np.float32(_rare_act(np.float64(A[i]), act))

@@ -27,8 +27,7 @@ The *separable* op here makes a band of output rows per parallel job instead:
   rows above or below the input, so every tap of every output pixel reads real
   memory and no pixel is a border case;
 * each depthwise output row is made from the ring (``simd.dw_tile``: DW_PIX = 4
-  pixels x one channel vector in registers over the taps), then gets its bias and
-  activation while it is in L1;
+  pixels x one channel vector in registers over the taps, then bias and activation);
 * output rows are *consumed* by the 1x1 reduce conv, a few rows at a time, straight
   into ``y`` (+ x), or written out when the op is a depthwise conv alone.
 
@@ -37,7 +36,7 @@ neighbouring jobs both produce (one or two per job).
 """
 import numpy as np
 
-from .activations import ACT_NONE, activate
+from .activations import ACT_NONE
 from .conv import check_bias, check_geometry, check_maps, pad_for_output
 from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, gemm_block,
                         pointwise_reference)
@@ -69,7 +68,7 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
 
     offs[a]: flat offset in src of the padded input row read by tap row a; pixel j's first
     tap is at padded column j*s.  Groups of DW_PIX pixels, then single pixels, whole
-    channel vectors, then the partial one; then the activation, in place.
+    channel vectors, then the partial one, each with its activation in registers.
     """
     c_full = c - c % VEC
     j = 0
@@ -77,18 +76,20 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
         o = d_off + j * c
         if j + DW_PIX <= wo:
             if c_full:
-                dw_tile(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d)
+                dw_tile(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d,
+                        act)
             if c_full < c:
-                dw_tile_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d)
+                dw_tile_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d,
+                          act)
             j += DW_PIX
         else:
             if c_full:
-                dw_pixel(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d)
+                dw_pixel(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, 0, c_full, s, d,
+                         act)
             if c_full < c:
-                dw_pixel_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d)
+                dw_pixel_n(dst, o, src, offs, j * s, w, w_off, b_off, kh, kw, c, c_full, c, s, d,
+                           act)
             j += 1
-    if act != ACT_NONE:
-        activate(dst, d_off, wo * c, act)
 
 
 # ---------------------------------------------------------------- the separable op

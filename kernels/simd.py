@@ -247,7 +247,7 @@ def _rcp(builder, x):
 
 def _exp(builder, x):
     """exp of every lane: x = n*ln2 + r (Cody-Waite), exp(r) by Cephes' expf polynomial,
-    2**n from the exponent bits (``activations.exp_f32``, in IR); clamped to float32's range."""
+    2**n from the exponent bits (``activations.vexp``, in IR); clamped to float32's range."""
     x = _min(builder, _max(builder, x, _vconst(-87.3)), _vconst(88.0))
     floor = _declare(builder, f"llvm.floor.{_V}", _LLVEC, [_LLVEC])
     n = builder.call(floor, [_fma(builder, x, _vconst(1.44269504), _vconst(0.5))])
@@ -665,9 +665,9 @@ def _dw_codegen(npix, masked):
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
                                      for i in (0, 2, 3, 5))
-        d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d = (
+        d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
             _intp(context, builder, args[i], sig.args[i])
-            for i in (1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14))
+            for i in (1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
         b_p = builder.gep(w_p, [b_off])
@@ -679,8 +679,8 @@ def _dw_codegen(npix, masked):
                                                     builder.add(x0, c0))])
             return x_row, builder.gep(w_p, [builder.add(builder.mul(builder.mul(a, kw), c), c0)])
 
-        def store(accs, c0):
-            for q, acc in enumerate(accs):
+        def store(accs, c0):                         # with the activation, in registers
+            for q, acc in enumerate(_activations(builder, accs, act)):
                 _store(builder, acc, builder.gep(dst_p, [builder.add(builder.mul(const(q), c),
                                                                      c0)]), mask)
 
@@ -744,23 +744,24 @@ def _dw_codegen(npix, masked):
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
     def tile(typingctx, dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi, s,
-             d):
+             d, act):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.layout == "C"
-                and _ints(d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d)):
+                and _ints(d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act)):
             return None
         return (types.void(dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi,
-                           s, d), _dw_codegen(npix, masked))
+                           s, d, act), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
 
 
-_DW_DOC = """{what} of a depthwise convolution (no activation)::
+_DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU,
+ReLU6, SiLU: a run-time code)::
 
-    dst.flat[d_off + q*c + ch] = w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
-                                 w.flat[w_off + (a*kw + b)*c + ch]
-                                 * src.flat[offs[a] + (col + q*s + b*d)*c + ch]
+    dst.flat[d_off + q*c + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
+                                     w.flat[w_off + (a*kw + b)*c + ch]
+                                     * src.flat[offs[a] + (col + q*s + b*d)*c + ch])
 
 for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}).  ``offs[a]`` is the flat offset
 of the input row read by tap row a (padded: every tap must lie inside src), ``col`` the
