@@ -793,7 +793,7 @@ def child_interleaved(spec):
                                 runtimes=runtimes))
                 progress(f"  {name} b{batch} t{n}: " + "  ".join(
                     f"{NAMES[rt]} {s['median']:.1f} ms" for rt, s in stats.items()))
-        del sessions, tiny, tm
+
     emit(dict(rows=out))
 
 

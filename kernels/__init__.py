@@ -1,22 +1,26 @@
-"""tinymvit.kernels: hand-written Numba kernels, one family per module.
+"""tinymvit.kernels: the compute kernels, one family per module.
 
-Every kernel works on float32, channels-last (NHWC) tensors and sits beside a plain
-NumPy reference (``*_reference``) that the tests compare it with.  Kernels know
-nothing of the architectures; the model builders in ``tinymvit.models`` know
-nothing of pixels.
+Every kernel works on float32, channels-last (NHWC) tensors.  Kernels know nothing
+of the architectures; the model builders in ``tinymvit.models`` know nothing of
+pixels.  Each family module reads top to bottom as: the maths (its docstring), the
+plain NumPy reference (``*_reference``: what the tests and ``backend="numpy"`` run),
+then the fast kernel -- its parallel ``*_job`` functions and the planner of its op --
+and a standalone call that runs the op on arrays (for tests and benchmarks).
 
-How the pieces fit (read in this order):
+The machinery the families share (read in this order):
 
 * ``simd.py``       -- SIMD vectors and the register tiles of the GEMM and depthwise
                        micro-kernels, sized for the CPU found at import;
-* ``policy.py``     -- how every kernel is compiled and where it is cached;
 * ``workers.py``    -- tinymvit's own worker threads, atomics and job counters;
 * ``program.py``    -- a planned model as a table of ops, run by one executor;
-* the families      -- ``pointwise``, ``conv``, ``depthwise`` (with the fused inverted
-                       residual), ``norm``, ``attention_separable``, ``attention_mha``,
-                       ``patches``, ``pooling``, ``layout``, ``activations``, ``resize``,
-                       ``batchnorm``: each one's maths, its op (a ``*_job`` function
-                       and a planner), a standalone call for tests, and its reference.
+* ``policy.py``     -- how every kernel is compiled (options, decorators);
+* ``lazy.py``, ``native.py``, ``elf.py`` -- Numba imported only to compile; the
+                       machine-code cache; loading it without Numba or LLVM.
+
+The families: ``pointwise`` (1x1 convs, linears), ``conv`` (full kxk), ``depthwise``
+(with the fused inverted residual), ``norm``, ``attention_separable`` (MobileViTV2),
+``attention_mha`` (MobileViT), ``patches``, ``pooling``, ``layout``, ``activations``,
+``resize`` (segmentation logits) and ``batchnorm`` (folded into conv weights at load).
 """
 
 

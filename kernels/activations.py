@@ -23,6 +23,34 @@ from .policy import arenas, check, check_array, helper, job
 from .simd import (VEC, vadd, vfloor, vfma, vload, vload_n, vmax, vmin, vmul, vpow2i, vrcp,
                    vsplat, vstore, vstore_n, vsub)
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def activation_reference(x, act):
+    """Plain NumPy activation (float32 in, float32 out)."""
+    x = np.asarray(x, dtype=np.float32)
+    if act == ACT_RELU:
+        return np.maximum(x, 0)
+    if act == ACT_RELU6:
+        return np.clip(x, 0, 6)
+    d = x.astype(np.float64)
+    if act == ACT_SILU:
+        return (d / (1 + np.exp(-d))).astype(np.float32)
+    rare = {
+        ACT_GELU: lambda: 0.5 * d * (1 + np.vectorize(math.erf)(d / math.sqrt(2))),
+        ACT_GELU_TANH: lambda: 0.5 * d * (1 + np.tanh(math.sqrt(2 / math.pi)
+                                                      * (d + 0.044715 * d ** 3))),
+        ACT_QUICK_GELU: lambda: d / (1 + np.exp(-1.702 * d)),
+        ACT_SIGMOID: lambda: 1 / (1 + np.exp(-d)),
+        ACT_TANH: lambda: np.tanh(d),
+        ACT_HARDSWISH: lambda: d * np.clip(d + 3, 0, 6) / 6,
+        ACT_MISH: lambda: d * np.tanh(np.logaddexp(0, d)),
+        ACT_LEAKY_RELU: lambda: np.where(d >= 0, d, 0.01 * d),
+        ACT_RELU2: lambda: np.maximum(d, 0) ** 2,
+    }
+    return rare[act]().astype(np.float32) if act in rare else x.copy()
+
+
+# ---------------------------------------------------------------- the kernel
 ACT_NONE = 0
 ACT_RELU = 1
 ACT_RELU6 = 2
@@ -167,27 +195,3 @@ def activation(x, act, threads=None):
                         threads)
         x[...] = arena[xo:xo + x.size].reshape(x.shape)
     return x
-
-
-def activation_reference(x, act):
-    """Plain NumPy activation (float32 in, float32 out)."""
-    x = np.asarray(x, dtype=np.float32)
-    if act == ACT_RELU:
-        return np.maximum(x, 0)
-    if act == ACT_RELU6:
-        return np.clip(x, 0, 6)
-    d = x.astype(np.float64)
-    if act == ACT_SILU:
-        return (d / (1 + np.exp(-d))).astype(np.float32)
-    rare = {
-        ACT_GELU: lambda: 0.5 * d * (1 + np.vectorize(math.erf)(d / math.sqrt(2))),
-        ACT_GELU_TANH: lambda: 0.5 * d * (1 + np.tanh(math.sqrt(2 / math.pi) * (d + 0.044715 * d ** 3))),
-        ACT_QUICK_GELU: lambda: d / (1 + np.exp(-1.702 * d)),
-        ACT_SIGMOID: lambda: 1 / (1 + np.exp(-d)),
-        ACT_TANH: lambda: np.tanh(d),
-        ACT_HARDSWISH: lambda: d * np.clip(d + 3, 0, 6) / 6,
-        ACT_MISH: lambda: d * np.tanh(np.logaddexp(0, d)),
-        ACT_LEAKY_RELU: lambda: np.where(d >= 0, d, 0.01 * d),
-        ACT_RELU2: lambda: np.maximum(d, 0) ** 2,
-    }
-    return rare[act]().astype(np.float32) if act in rare else x.copy()

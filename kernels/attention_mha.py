@@ -32,6 +32,24 @@ from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (MR, NR, VEC, gemm_tile_out, vhmax, vload, vload_n, vmax, vmul, vsplat,
                    vstore, vstore_n, vsub, vsum, zero_floats)
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def multi_head_attention_reference(qkv, num_heads):
+    """NumPy multi-head attention: qkv (S, N, 3h) -> new (S, N, h) float32."""
+    qkv64 = np.asarray(qkv, np.float64)
+    S, N, H3 = qkv64.shape
+    h = H3 // 3
+    hd = h // num_heads
+    q, k, v = (qkv64[..., i * h:(i + 1) * h].reshape(S, N, num_heads, hd).transpose(0, 2, 1, 3)
+               for i in range(3))                                # each (S, heads, N, hd)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)           # (S, heads, N, N)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))      # (S, heads, N, N)
+    probs = e / e.sum(axis=-1, keepdims=True)                    # (S, heads, N, N)
+    y = probs @ v                                                # (S, heads, N, hd)
+    return y.transpose(0, 2, 1, 3).reshape(S, N, h).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the kernel
 # fields of a "mha" op row, after [code, jobs]: qkv (S, N, 3h) at x_off, out (S, N, h) at o_off
 MHA_FIELDS = ("x_off", "S", "N", "h", "heads", "o_off")
 
@@ -76,7 +94,7 @@ def _softmax_row(A, row, n):
 def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     """Job = (sequence s, head j): all N queries of that head."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
-    x_off, n_seq, N, h, num_heads, o_off = p[2], p[3], p[4], p[5], p[6], p[7]
+    x_off, _n_seq, N, h, num_heads, o_off = p[2], p[3], p[4], p[5], p[6], p[7]
     hd = h // num_heads
     scale = np.float32(1.0 / math.sqrt(hd))
     s = job // num_heads
@@ -156,18 +174,3 @@ def multi_head_attention(qkv, num_heads, out):
     arena = run_ops([mha_op(xo, qkv.shape, num_heads, oo)], A.build(), Arena().build())
     out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
-
-
-def multi_head_attention_reference(qkv, num_heads):
-    """NumPy multi-head attention: qkv (S, N, 3h) -> new (S, N, h) float32."""
-    qkv64 = np.asarray(qkv, np.float64)
-    S, N, H3 = qkv64.shape
-    h = H3 // 3
-    hd = h // num_heads
-    q, k, v = (qkv64[..., i * h:(i + 1) * h].reshape(S, N, num_heads, hd).transpose(0, 2, 1, 3)
-               for i in range(3))                                # each (S, heads, N, hd)
-    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)           # (S, heads, N, N)
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))      # (S, heads, N, N)
-    probs = e / e.sum(axis=-1, keepdims=True)                    # (S, heads, N, N)
-    y = probs @ v                                                # (S, heads, N, hd)
-    return y.transpose(0, 2, 1, 3).reshape(S, N, h).astype(np.float32)

@@ -19,6 +19,22 @@ import numpy as np
 from .policy import arenas, check, check_array, job, scratch
 from .simd import stack_buffer_f64
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def separable_attention_reference(qkv):
+    """NumPy separable attention: qkv (B, P, N, 1+2d) -> new (B, P, N, d) float32."""
+    qkv64 = np.asarray(qkv, np.float64)
+    d = (qkv64.shape[-1] - 1) // 2
+    q = qkv64[..., 0:1]                                          # (B, P, N, 1)
+    k = qkv64[..., 1:1 + d]                                      # (B, P, N, d)
+    v = qkv64[..., 1 + d:]                                       # (B, P, N, d)
+    e = np.exp(q - q.max(axis=2, keepdims=True))                 # (B, P, N, 1)
+    s = e / e.sum(axis=2, keepdims=True)                         # (B, P, N, 1)
+    cv = (k * s).sum(axis=2, keepdims=True)                      # (B, P, 1, d)
+    return (np.maximum(v, 0.0) * cv).astype(np.float32)          # (B, P, N, d)
+
+
+# ---------------------------------------------------------------- the kernel
 # fields of a "separable_attention" op row, after [code, jobs]: qkv (R, N, 1 + 2d) at x_off,
 # out (R, N, d) at o_off; R = B*P independent groups, one per job
 SEPARABLE_ATTENTION_FIELDS = ("x_off", "R", "N", "d", "o_off")
@@ -96,16 +112,3 @@ def separable_attention(qkv, out):
     arena = run_ops([separable_attention_op(xo, qkv.shape, oo)], A.build(), Arena().build())
     out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
-
-
-def separable_attention_reference(qkv):
-    """NumPy separable attention: qkv (B, P, N, 1+2d) -> new (B, P, N, d) float32."""
-    qkv64 = np.asarray(qkv, np.float64)
-    d = (qkv64.shape[-1] - 1) // 2
-    q = qkv64[..., 0:1]                                          # (B, P, N, 1)
-    k = qkv64[..., 1:1 + d]                                      # (B, P, N, d)
-    v = qkv64[..., 1 + d:]                                       # (B, P, N, d)
-    e = np.exp(q - q.max(axis=2, keepdims=True))                 # (B, P, N, 1)
-    s = e / e.sum(axis=2, keepdims=True)                         # (B, P, N, 1)
-    cv = (k * s).sum(axis=2, keepdims=True)                      # (B, P, 1, d)
-    return (np.maximum(v, 0.0) * cv).astype(np.float32)          # (B, P, N, d)

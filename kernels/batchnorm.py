@@ -18,6 +18,15 @@ The tests show with :func:`batchnorm_reference` that the folding is exact.
 import numpy as np
 
 
+# ---------------------------------------------------------------- the reference (NumPy)
+def batchnorm_reference(x, gamma, beta, mean, var, eps):
+    """Plain NumPy BatchNorm (float64 maths, textbook formula) on x (..., C); returns float32."""
+    x64 = np.asarray(x, np.float64)
+    y = (x64 - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64) + eps)
+    return (y * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the kernel
 def _scale_shift(gamma, beta, mean, var, eps):
     """float64 per-channel (scale, shift) with BN(y) = scale * y + shift."""
     scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)   # (C,)
@@ -40,10 +49,3 @@ def fold_batchnorm(w, b, gamma, beta, mean, var, eps):
     w_f = w64 * scale.reshape((cout,) + (1,) * (w64.ndim - 1))    # (Cout, ...)
     b_f = scale * b64 + shift                                      # (Cout,)
     return w_f.astype(np.float32), b_f.astype(np.float32)
-
-
-def batchnorm_reference(x, gamma, beta, mean, var, eps):
-    """Plain NumPy BatchNorm (float64 maths, textbook formula) on x (..., C); returns float32."""
-    x64 = np.asarray(x, np.float64)
-    y = (x64 - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64) + eps)
-    return (y * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)).astype(np.float32)

@@ -35,6 +35,38 @@ from .simd import (MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, stack_buf
 from .workers import default_threads
 
 
+# ---------------------------------------------------------------- the reference (NumPy)
+def pad_for_output(x, k_h, k_w, stride, dilation, pad_top, pad_left, out_hw):
+    """Zero-pad NHWC x so that every tap of every output pixel is inside (float64 copy)."""
+    n, h, w, c = x.shape
+    ho, wo = out_hw
+    need_h = (ho - 1) * stride + (k_h - 1) * dilation + 1     # padded rows the output reads
+    need_w = (wo - 1) * stride + (k_w - 1) * dilation + 1
+    xp = np.zeros((n, max(need_h, pad_top + h), max(need_w, pad_left + w), c))   # (N, Hp, Wp, C)
+    xp[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
+    return xp
+
+
+def conv2d_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
+    """Plain NumPy full conv (float64 sum over taps).
+
+    x (N, H, W, Cin); w torch layout (Cout, Cin, kh, kw); out_hw = (Ho, Wo);
+    returns a new float32 (N, Ho, Wo, Cout).
+    """
+    w = np.asarray(w, np.float64)
+    cout, cin, kh, kw = w.shape
+    ho, wo = out_hw
+    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)
+    y = np.zeros((x.shape[0], ho, wo, cout)) + np.asarray(bias, np.float64)   # (N, Ho, Wo, Cout)
+    for a in range(kh):
+        for b in range(kw):
+            r, c = a * dilation, b * dilation
+            patch = xp[:, r:r + (ho - 1) * stride + 1:stride,
+                       c:c + (wo - 1) * stride + 1:stride]                 # (N, Ho, Wo, Cin)
+            y += patch @ w[:, :, a, b].T
+    return act_reference_f64(y, act).astype(np.float32)
+
+
 # ---------------------------------------------------------------- padding arithmetic
 def conv_out_size(n, k, stride, dilation, pad_before, pad_after):
     """Output length of a conv along one axis (PyTorch's floor formula)."""
@@ -108,7 +140,7 @@ def _staged_rows(A, W, p, j, worker):
     stands for rows outside the input).  Per output row, per tap row a, one register
     tile product of depth kw*Cin over pixel rows stride*Cin floats apart (dilated
     kernels: one product per tap, depth Cin), then bias and activation."""
-    x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+    x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
     pad_t, pad_l, mc, nchw = p[18], p[19], p[20], p[23] != 0
@@ -167,7 +199,7 @@ def _direct_rows(A, W, p, j):
     reads a row of input pixels, ``stride * cin`` floats apart) -- only the pixels whose tap
     lies inside the input -- and add their products into the output; then bias and
     activation.  No im2col copy, and taps that read only padding cost nothing."""
-    x_off, n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+    x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
     pad_t, pad_l, mc, pg = p[18], p[19], p[20], p[21]
@@ -311,35 +343,3 @@ def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=N
 def check_bias(bias, n, what="bias"):
     check(isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.shape == (n,),
           f"{what} must be a float32 array of shape ({n},)")
-
-
-# ---------------------------------------------------------------- reference
-def pad_for_output(x, k_h, k_w, stride, dilation, pad_top, pad_left, out_hw):
-    """Zero-pad NHWC x so that every tap of every output pixel is inside (float64 copy)."""
-    n, h, w, c = x.shape
-    ho, wo = out_hw
-    need_h = (ho - 1) * stride + (k_h - 1) * dilation + 1     # padded rows the output reads
-    need_w = (wo - 1) * stride + (k_w - 1) * dilation + 1
-    xp = np.zeros((n, max(need_h, pad_top + h), max(need_w, pad_left + w), c))   # (N, Hp, Wp, C)
-    xp[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
-    return xp
-
-
-def conv2d_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
-    """Plain NumPy full conv (float64 sum over taps).
-
-    x (N, H, W, Cin); w torch layout (Cout, Cin, kh, kw); out_hw = (Ho, Wo);
-    returns a new float32 (N, Ho, Wo, Cout).
-    """
-    w = np.asarray(w, np.float64)
-    cout, cin, kh, kw = w.shape
-    ho, wo = out_hw
-    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)
-    y = np.zeros((x.shape[0], ho, wo, cout)) + np.asarray(bias, np.float64)   # (N, Ho, Wo, Cout)
-    for a in range(kh):
-        for b in range(kw):
-            r, c = a * dilation, b * dilation
-            patch = xp[:, r:r + (ho - 1) * stride + 1:stride,
-                       c:c + (wo - 1) * stride + 1:stride]                 # (N, Ho, Wo, Cin)
-            y += patch @ w[:, :, a, b].T
-    return act_reference_f64(y, act).astype(np.float32)

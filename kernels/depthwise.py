@@ -46,6 +46,38 @@ from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, 
 from .workers import default_threads
 
 
+# ---------------------------------------------------------------- the reference (NumPy)
+def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
+    """Plain NumPy depthwise conv (float64); x (N,H,W,C), w (C,1,kh,kw) -> (N,Ho,Wo,C) float32."""
+    w = np.asarray(w, np.float64)
+    c, _, kh, kw = w.shape
+    ho, wo = out_hw
+    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)  # (N, Hp, Wp, C)
+    y = np.zeros((x.shape[0], ho, wo, c)) + np.asarray(bias, np.float64)        # (N, Ho, Wo, C)
+    for a in range(kh):
+        for b in range(kw):
+            r, s = a * dilation, b * dilation
+            y += xp[:, r:r + (ho - 1) * stride + 1:stride,
+                    s:s + (wo - 1) * stride + 1:stride] * w[:, 0, a, b]
+    return act_reference_f64(y, act).astype(np.float32)
+
+
+def separable_reference(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, out_hw,
+                        residual=False):
+    """The three convs of :func:`fused_separable` one after the other, with the references.
+
+    expand, reduce: None or (torch-layout weight (Cout, Cin[, 1, 1]), bias, act);
+    dw: (torch-layout weight (C, 1, kh, kw), bias, act).
+    """
+    e = x if expand is None else pointwise_reference(x, *expand)                # (N, H, W, Ch)
+    d = depthwise_reference(e, dw[0], dw[1], stride, dilation, pad_top, pad_left, dw[2],
+                            out_hw)                                             # (N, Ho, Wo, Ch)
+    if reduce is None:
+        return d
+    return pointwise_reference(d, *reduce, residual=x if residual else None)   # (N, Ho, Wo, Cout)
+
+
+# ---------------------------------------------------------------- the kernel
 MAX_KERNEL = 64    # largest kernel height (tap rows) of a depthwise conv
 
 
@@ -115,7 +147,7 @@ def separable_job(pa, a_size, pw, w_size, pp, j, worker):
     """Job j of a separable op: output rows j*rows_per_job ... of one image, made from a
     ring of produced input rows (see the module docstring)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
-    x_off, n_img, h, w_in, cin = p[2], p[3], p[4], p[5], p[6]
+    x_off, _n_img, h, w_in, cin = p[2], p[3], p[4], p[5], p[6]
     has_expand, ex_w_off, ex_b_off, ex_act, ch = p[7], p[8], p[9], p[10], p[11]
     dw_w_off, dw_b_off, kh, kw, act = p[12], p[13], p[14], p[15], p[16]
     s, d, pad_t, pad_l = p[17], p[18], p[19], p[20]
@@ -271,34 +303,3 @@ def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, t
     """
     return fused_separable(x, None, (wp, bias, act), None, stride, dilation, pad_top, pad_left,
                            out, threads=threads)
-
-
-# ---------------------------------------------------------------- references
-def depthwise_reference(x, w, bias, stride, dilation, pad_top, pad_left, act, out_hw):
-    """Plain NumPy depthwise conv (float64); x (N,H,W,C), w (C,1,kh,kw) -> (N,Ho,Wo,C) float32."""
-    w = np.asarray(w, np.float64)
-    c, _, kh, kw = w.shape
-    ho, wo = out_hw
-    xp = pad_for_output(x, kh, kw, stride, dilation, pad_top, pad_left, out_hw)  # (N, Hp, Wp, C)
-    y = np.zeros((x.shape[0], ho, wo, c)) + np.asarray(bias, np.float64)        # (N, Ho, Wo, C)
-    for a in range(kh):
-        for b in range(kw):
-            r, s = a * dilation, b * dilation
-            y += xp[:, r:r + (ho - 1) * stride + 1:stride,
-                    s:s + (wo - 1) * stride + 1:stride] * w[:, 0, a, b]
-    return act_reference_f64(y, act).astype(np.float32)
-
-
-def separable_reference(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, out_hw,
-                        residual=False):
-    """The three convs of :func:`fused_separable` one after the other, with the references.
-
-    expand, reduce: None or (torch-layout weight (Cout, Cin[, 1, 1]), bias, act);
-    dw: (torch-layout weight (C, 1, kh, kw), bias, act).
-    """
-    e = x if expand is None else pointwise_reference(x, *expand)                # (N, H, W, Ch)
-    d = depthwise_reference(e, dw[0], dw[1], stride, dilation, pad_top, pad_left, dw[2],
-                            out_hw)                                             # (N, Ho, Wo, Ch)
-    if reduce is None:
-        return d
-    return pointwise_reference(d, *reduce, residual=x if residual else None)   # (N, Ho, Wo, Cout)

@@ -7,8 +7,16 @@ so they are the SIMD axis), while images arrive as PyTorch lays them out, (N, C,
 """
 import numpy as np
 
-from .policy import arenas, check, helper, job
+from .policy import arenas, check, job
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def nchw_to_nhwc_reference(x):
+    """NumPy: (N, C, H, W) -> new (N, H, W, C)."""
+    return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
+
+
+# ---------------------------------------------------------------- the kernel
 # fields of an "nchw_to_nhwc" op row (after [code, jobs]): x (N, C, H, W) at x_off,
 # out (N, H, W, C) at o_off; one job per output row (n, i)
 NCHW_TO_NHWC_FIELDS = ("x_off", "N", "C", "H", "W", "o_off")
@@ -33,8 +41,3 @@ def nchw_to_nhwc_op(x_off, shape, o_off):
     n, c, h, w = shape
     from .program import Op
     return Op("nchw_to_nhwc", n * h, (x_off, n, c, h, w, o_off))
-
-
-def nchw_to_nhwc_reference(x):
-    """NumPy: (N, C, H, W) -> new (N, H, W, C)."""
-    return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))

@@ -12,9 +12,9 @@ statistics are taken per token (per row of the last axis).
 
 Statistics are accumulated in float64 (over float32 partial sums of a few values
 each) and every variance is a sum of squared deviations from an already known mean
-(two-pass), so no precision is lost to cancellation.  A GroupNorm sample is normalised by several parallel jobs; each
-computes the sample's statistics itself (a read of data already in cache) rather
-than waiting for a second parallel pass.
+(two-pass), so no precision is lost to cancellation. A GroupNorm sample is
+normalised by several parallel jobs; each computes the sample's statistics itself (a
+read of data already in cache) rather than waiting for a second parallel pass.
 """
 import numpy as np
 
@@ -23,6 +23,27 @@ from .simd import VEC, vadd, vfma, vload, vload_n, vmul, vsplat, vstore, vstore_
 from .workers import default_threads
 
 
+# ---------------------------------------------------------------- the reference (NumPy)
+def group_norm1_reference(x, gamma, beta, eps):
+    """NumPy GroupNorm(1): x (B, ..., C) -> new float32 array of the same shape."""
+    x64 = np.asarray(x, np.float64)
+    axes = tuple(range(1, x64.ndim))
+    mu = x64.mean(axis=axes, keepdims=True)                      # (B, 1, ..., 1)
+    var = ((x64 - mu) ** 2).mean(axis=axes, keepdims=True)       # (B, 1, ..., 1)
+    y = (x64 - mu) / np.sqrt(var + eps) * gamma + beta           # (B, ..., C)
+    return y.astype(np.float32)
+
+
+def layer_norm_reference(x, gamma, beta, eps):
+    """NumPy LayerNorm over the last axis: x (..., C) -> new float32 array."""
+    x64 = np.asarray(x, np.float64)
+    mu = x64.mean(axis=-1, keepdims=True)                        # (..., 1)
+    var = ((x64 - mu) ** 2).mean(axis=-1, keepdims=True)         # (..., 1)
+    y = (x64 - mu) / np.sqrt(var + eps) * gamma + beta           # (..., C)
+    return y.astype(np.float32)
+
+
+# ---------------------------------------------------------------- the kernel
 STATS_CHUNK = 8 * VEC   # values summed in float32 vector lanes before joining a float64 total
 
 
@@ -185,22 +206,3 @@ def layer_norm(x, gamma, beta, eps, out):
     Returns ``out``.
     """
     return _run_norm(layer_norm_op, x, gamma, beta, eps, out, 1)
-
-
-def group_norm1_reference(x, gamma, beta, eps):
-    """NumPy GroupNorm(1): x (B, ..., C) -> new float32 array of the same shape."""
-    x64 = np.asarray(x, np.float64)
-    axes = tuple(range(1, x64.ndim))
-    mu = x64.mean(axis=axes, keepdims=True)                      # (B, 1, ..., 1)
-    var = ((x64 - mu) ** 2).mean(axis=axes, keepdims=True)       # (B, 1, ..., 1)
-    y = (x64 - mu) / np.sqrt(var + eps) * gamma + beta           # (B, ..., C)
-    return y.astype(np.float32)
-
-
-def layer_norm_reference(x, gamma, beta, eps):
-    """NumPy LayerNorm over the last axis: x (..., C) -> new float32 array."""
-    x64 = np.asarray(x, np.float64)
-    mu = x64.mean(axis=-1, keepdims=True)                        # (..., 1)
-    var = ((x64 - mu) ** 2).mean(axis=-1, keepdims=True)         # (..., 1)
-    y = (x64 - mu) / np.sqrt(var + eps) * gamma + beta           # (..., C)
-    return y.astype(np.float32)

@@ -17,9 +17,31 @@ exact zeros; MobileViT v1 first resizes the map to a multiple of p.
 """
 import numpy as np
 
-from .policy import arenas, check, check_array, helper, job
+from .policy import arenas, check, check_array, job
 from .simd import copy_floats, zero_floats
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def unfold_patches_reference(x, p, nh, nw):
+    """NumPy unfold: x (B, H, W, C) -> new tokens (B, p*p, nh*nw, C)."""
+    B, H, W, C = x.shape
+    crop = np.asarray(x, np.float32)[:, :nh * p, :nw * p, :]      # (B, nh*p, nw*p, C)
+    t = crop.reshape(B, nh, p, nw, p, C)                          # (B, i, a, j, bb, C)
+    t = t.transpose(0, 2, 4, 1, 3, 5)                             # (B, a, bb, i, j, C)
+    return np.ascontiguousarray(t.reshape(B, p * p, nh * nw, C))  # (B, P, N, C)
+
+
+def fold_patches_reference(tokens, p, nh, nw, H, W):
+    """NumPy fold: tokens (B, p*p, nh*nw, C) -> new map (B, H, W, C), zeros where uncovered."""
+    B, P, N, C = tokens.shape
+    t = np.asarray(tokens, np.float32).reshape(B, p, p, nh, nw, C)  # (B, a, bb, i, j, C)
+    t = t.transpose(0, 3, 1, 4, 2, 5).reshape(B, nh * p, nw * p, C)  # (B, i*p+a, j*p+bb, C)
+    out = np.zeros((B, H, W, C), np.float32)                         # (B, H, W, C)
+    out[:, :nh * p, :nw * p, :] = t
+    return out
+
+
+# ---------------------------------------------------------------- the kernel
 # fields of an "unfold" op row (after [code, jobs]): map x (B, H, W, C) at x_off, tokens
 # (B, p*p, nh*nw, C) at o_off; one job per (b, patch row i).  A "fold" op has the same
 # fields the other way round: tokens at x_off, map (B, H, W, C) at o_off; one job per map row.
@@ -30,7 +52,8 @@ PATCH_FIELDS = ("x_off", "B", "H", "W", "C", "p", "nh", "nw", "o_off")
 def unfold_job(pa, a_size, pw, w_size, pp, job, worker):
     """tokens[b, a*p + bb, i*nw + j, :] = x[b, i*p + a, j*p + bb, :] for patch row i."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
-    x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+    x_off, H, Wd, C = prm[2], prm[4], prm[5], prm[6]
+    p, nh, nw, o_off = prm[7], prm[8], prm[9], prm[10]
     b = job // nh
     i = job - b * nh
     for a in range(p):
@@ -45,7 +68,8 @@ def unfold_job(pa, a_size, pw, w_size, pp, job, worker):
 def fold_job(pa, a_size, pw, w_size, pp, job, worker):
     """Map row y of image b from the tokens; rows/columns no patch covers become 0."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
-    x_off, H, Wd, C, p, nh, nw, o_off = prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+    x_off, H, Wd, C = prm[2], prm[4], prm[5], prm[6]
+    p, nh, nw, o_off = prm[7], prm[8], prm[9], prm[10]
     b = job // H
     y = job - b * H
     i = y // p
@@ -120,22 +144,3 @@ def fold_patches(tokens, p, nh, nw, out):
     if out.size == 0:
         return out
     return _run("fold", tokens, p, nh, nw, out, out.shape)
-
-
-def unfold_patches_reference(x, p, nh, nw):
-    """NumPy unfold: x (B, H, W, C) -> new tokens (B, p*p, nh*nw, C)."""
-    B, H, W, C = x.shape
-    crop = np.asarray(x, np.float32)[:, :nh * p, :nw * p, :]      # (B, nh*p, nw*p, C)
-    t = crop.reshape(B, nh, p, nw, p, C)                          # (B, i, a, j, bb, C)
-    t = t.transpose(0, 2, 4, 1, 3, 5)                             # (B, a, bb, i, j, C)
-    return np.ascontiguousarray(t.reshape(B, p * p, nh * nw, C))  # (B, P, N, C)
-
-
-def fold_patches_reference(tokens, p, nh, nw, H, W):
-    """NumPy fold: tokens (B, p*p, nh*nw, C) -> new map (B, H, W, C), zeros where uncovered."""
-    B, P, N, C = tokens.shape
-    t = np.asarray(tokens, np.float32).reshape(B, p, p, nh, nw, C)  # (B, a, bb, i, j, C)
-    t = t.transpose(0, 3, 1, 4, 2, 5).reshape(B, nh * p, nw * p, C)  # (B, i*p+a, j*p+bb, C)
-    out = np.zeros((B, H, W, C), np.float32)                         # (B, H, W, C)
-    out[:, :nh * p, :nw * p, :] = t
-    return out

@@ -31,13 +31,42 @@ import numpy as np
 
 from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
 from .policy import arenas, check, helper, job
-from .simd import (MR, NR, NV, TILE, VEC, gemm_tile, gemm_tile_out, gemv_tile_out, stack_buffer,
-                   vadd, vload, vload_n, vstore, vstore_n)
+from .simd import (MR, NR, NV, VEC, gemm_tile_out, gemv_tile_out, vadd, vload, vload_n, vstore,
+                   vstore_n)
 from .workers import default_threads
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def act_reference_f64(y, act):
+    """Activation ``act`` applied to a float64 array, in float64 (used by the references)."""
+    if act == ACT_RELU:
+        return np.maximum(y, 0.0)
+    if act == ACT_RELU6:
+        return np.clip(y, 0.0, 6.0)
+    if act == ACT_SILU:
+        return y / (1.0 + np.exp(-y))
+    if act != ACT_NONE:
+        raise ValueError(f"unknown activation code {act}")
+    return y
+
+
+def pointwise_reference(x, w, bias, act, residual=None):
+    """Plain NumPy 1x1 conv / linear: float64 matmul, then act, then residual, cast to float32.
+
+    x (..., Cin); w torch layout (Cout, Cin[, 1, 1]); bias (Cout,); returns (..., Cout).
+    """
+    w = np.asarray(w, np.float64).reshape(np.shape(w)[0], -1)            # (Cout, Cin)
+    y = np.asarray(x, np.float64) @ w.T + np.asarray(bias, np.float64)   # (..., Cout)
+    y = act_reference_f64(y, act)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    return y.astype(np.float32)
+
+
+# ---------------------------------------------------------------- the kernel
 PointwiseWeight = namedtuple("PointwiseWeight", "panels cin cout")
-PointwiseWeight.__doc__ = """A packed (Cout, Cin) weight: ``panels`` float32 (ceil(Cout/NR), Cin, NR)
-with ``panels[p, k, j] = W[p*NR + j, k]`` and zeros past Cout."""
+PointwiseWeight.__doc__ = """A packed (Cout, Cin) weight: ``panels`` float32
+(ceil(Cout/NR), Cin, NR) with ``panels[p, k, j] = W[p*NR + j, k]`` and zeros past Cout."""
 
 
 def pack_panels(w2):
@@ -257,29 +286,3 @@ def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
                     threads)
     out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
-
-
-def act_reference_f64(y, act):
-    """Activation ``act`` applied to a float64 array, in float64 (used by the references)."""
-    if act == ACT_RELU:
-        return np.maximum(y, 0.0)
-    if act == ACT_RELU6:
-        return np.clip(y, 0.0, 6.0)
-    if act == ACT_SILU:
-        return y / (1.0 + np.exp(-y))
-    if act != ACT_NONE:
-        raise ValueError(f"unknown activation code {act}")
-    return y
-
-
-def pointwise_reference(x, w, bias, act, residual=None):
-    """Plain NumPy 1x1 conv / linear: float64 matmul, then act, then residual, cast to float32.
-
-    x (..., Cin); w torch layout (Cout, Cin[, 1, 1]); bias (Cout,); returns (..., Cout).
-    """
-    w = np.asarray(w, np.float64).reshape(np.shape(w)[0], -1)            # (Cout, Cin)
-    y = np.asarray(x, np.float64) @ w.T + np.asarray(bias, np.float64)   # (..., Cout)
-    y = act_reference_f64(y, act)
-    if residual is not None:
-        y = y + np.asarray(residual, np.float64)
-    return y.astype(np.float32)

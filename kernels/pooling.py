@@ -9,6 +9,14 @@ import numpy as np
 from .policy import arenas, check, check_array, job
 from .simd import stack_buffer_f64
 
+
+# ---------------------------------------------------------------- the reference (NumPy)
+def global_avg_pool_reference(x):
+    """NumPy global average pool: x (B, H, W, C) -> new (B, C) float32."""
+    return np.asarray(x, np.float64).mean(axis=(1, 2)).astype(np.float32)  # (B, C)
+
+
+# ---------------------------------------------------------------- the kernel
 CHANNEL_BLOCK = 64  # channels summed by one parallel job
 
 # fields of a "pool" op row (after [code, jobs]): x (B, HW, C) at x_off, out (B, C) at o_off
@@ -62,8 +70,3 @@ def global_avg_pool(x, out):
     arena = run_ops([pool_op(xo, x.shape, oo)], A.build(), Arena().build())
     out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
-
-
-def global_avg_pool_reference(x):
-    """NumPy global average pool: x (B, H, W, C) -> new (B, C) float32."""
-    return np.asarray(x, np.float64).mean(axis=(1, 2)).astype(np.float32)  # (B, C)

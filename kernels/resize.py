@@ -40,7 +40,66 @@ import numpy as np
 from .policy import arenas, check, check_array, helper, job, scratch
 
 
-# --------------------------------------------------------------------------- the op
+# ---------------------------------------------------------------- the reference (NumPy)
+def resize_bilinear_reference(x, out_size, align_corners=False):
+    """NumPy reference of :func:`resize_bilinear`: (B,H,W,C) -> (B,Ho,Wo,C) float32."""
+    x = np.asarray(x, dtype=np.float32)
+    Ho, Wo = out_size
+    _, H, W, _ = x.shape
+
+    def axis(n_in, n_out):
+        dst = np.arange(n_out)
+        if align_corners:
+            s = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+            src = s * dst.astype(np.float32)
+        else:
+            s = np.float32(n_in) / np.float32(n_out)
+            src = np.float32(np.maximum(np.float64(s) * (dst + 0.5) - 0.5, 0.0))
+        src = np.asarray(src, dtype=np.float32)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+        i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+        return i0, i1, (np.float32(1) - lam).astype(np.float32), lam
+
+    y0, y1, ay0, ay1 = axis(H, Ho)
+    x0, x1, bx0, bx1 = axis(W, Wo)
+    ay0, ay1 = ay0[None, :, None, None], ay1[None, :, None, None]
+    bx0, bx1 = bx0[None, None, :, None], bx1[None, None, :, None]
+    top = x[:, y0]                                       # (B, Ho, W, C)
+    bot = x[:, y1]                                       # (B, Ho, W, C)
+    res = (ay0 * (bx0 * top[:, :, x0] + bx1 * top[:, :, x1])
+           + ay1 * (bx0 * bot[:, :, x0] + bx1 * bot[:, :, x1]))
+    return res.astype(np.float32)                        # (B, Ho, Wo, C)
+
+
+def resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, offset_x):
+    """NumPy reference of :func:`resize_bilinear_mapped` (float64 blend): (B,Ho,Wo,C) float32."""
+    x = np.asarray(x, dtype=np.float64)
+    Ho, Wo = out_size
+    _, H, W, _ = x.shape
+    out = np.empty((x.shape[0], Ho, Wo, x.shape[3]))
+    for i in range(Ho):
+        sy = min(max(i * scale_y + offset_y, 0.0), H - 1)
+        yy0 = int(np.floor(sy))
+        yy1 = min(yy0 + 1, H - 1)
+        ly = sy - yy0
+        for j in range(Wo):
+            sx = min(max(j * scale_x + offset_x, 0.0), W - 1)
+            xx0 = int(np.floor(sx))
+            xx1 = min(xx0 + 1, W - 1)
+            lx = sx - xx0
+            out[:, i, j] = ((1 - ly) * ((1 - lx) * x[:, yy0, xx0] + lx * x[:, yy0, xx1])
+                            + ly * ((1 - lx) * x[:, yy1, xx0] + lx * x[:, yy1, xx1]))
+    return out.astype(np.float32)
+
+
+def resize_bilinear_mapped_argmax_reference(x, out_size, scale_y, offset_y, scale_x, offset_x):
+    """NumPy reference of :func:`resize_bilinear_mapped_argmax`: (B, Ho, Wo) int64."""
+    scores = resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, offset_x)
+    return scores.argmax(-1).astype(np.int64)
+
+
+# ---------------------------------------------------------------- the kernel
 @helper
 def _fma32(a, b, c):
     """float32(a*b + c) as a fused multiply-add: a*b is exact in float64, so only the sum
@@ -191,62 +250,3 @@ def resize_bilinear_mapped_argmax(x, labels, scale_y, offset_y, scale_x, offset_
         labels[...] = _run(x, labels.shape, 2, (scale_y, offset_y, scale_x, offset_x), True,
                            threads)
     return labels
-
-
-# ------------------------------------------------------------------------ references
-def resize_bilinear_reference(x, out_size, align_corners=False):
-    """NumPy reference of :func:`resize_bilinear`: (B,H,W,C) -> (B,Ho,Wo,C) float32."""
-    x = np.asarray(x, dtype=np.float32)
-    Ho, Wo = out_size
-    _, H, W, _ = x.shape
-
-    def axis(n_in, n_out):
-        dst = np.arange(n_out)
-        if align_corners:
-            s = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
-            src = s * dst.astype(np.float32)
-        else:
-            s = np.float32(n_in) / np.float32(n_out)
-            src = np.float32(np.maximum(np.float64(s) * (dst + 0.5) - 0.5, 0.0))
-        src = np.asarray(src, dtype=np.float32)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
-        i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-        return i0, i1, (np.float32(1) - lam).astype(np.float32), lam
-
-    y0, y1, ay0, ay1 = axis(H, Ho)
-    x0, x1, bx0, bx1 = axis(W, Wo)
-    ay0, ay1 = ay0[None, :, None, None], ay1[None, :, None, None]
-    bx0, bx1 = bx0[None, None, :, None], bx1[None, None, :, None]
-    top = x[:, y0]                                       # (B, Ho, W, C)
-    bot = x[:, y1]                                       # (B, Ho, W, C)
-    res = (ay0 * (bx0 * top[:, :, x0] + bx1 * top[:, :, x1])
-           + ay1 * (bx0 * bot[:, :, x0] + bx1 * bot[:, :, x1]))
-    return res.astype(np.float32)                        # (B, Ho, Wo, C)
-
-
-def resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, offset_x):
-    """NumPy reference of :func:`resize_bilinear_mapped` (float64 blend): (B,Ho,Wo,C) float32."""
-    x = np.asarray(x, dtype=np.float64)
-    Ho, Wo = out_size
-    _, H, W, _ = x.shape
-    out = np.empty((x.shape[0], Ho, Wo, x.shape[3]))
-    for i in range(Ho):
-        sy = min(max(i * scale_y + offset_y, 0.0), H - 1)
-        yy0 = int(np.floor(sy))
-        yy1 = min(yy0 + 1, H - 1)
-        ly = sy - yy0
-        for j in range(Wo):
-            sx = min(max(j * scale_x + offset_x, 0.0), W - 1)
-            xx0 = int(np.floor(sx))
-            xx1 = min(xx0 + 1, W - 1)
-            lx = sx - xx0
-            out[:, i, j] = ((1 - ly) * ((1 - lx) * x[:, yy0, xx0] + lx * x[:, yy0, xx1])
-                            + ly * ((1 - lx) * x[:, yy1, xx0] + lx * x[:, yy1, xx1]))
-    return out.astype(np.float32)
-
-
-def resize_bilinear_mapped_argmax_reference(x, out_size, scale_y, offset_y, scale_x, offset_x):
-    """NumPy reference of :func:`resize_bilinear_mapped_argmax`: (B, Ho, Wo) int64."""
-    scores = resize_bilinear_mapped_reference(x, out_size, scale_y, offset_y, scale_x, offset_x)
-    return scores.argmax(-1).astype(np.int64)

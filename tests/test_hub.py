@@ -20,8 +20,6 @@ from fake_checkpoints import random_checkpoint
 from tinymvit import hub
 
 hf = pytest.importorskip("huggingface_hub")
-import huggingface_hub.constants  # noqa: E402  (loaded lazily otherwise)
-import huggingface_hub.errors  # noqa: E402
 
 REPO = "tinyorg/tiny-mnv2"
 SMALL = dict(depth_multiplier=0.35, num_labels=5, image_size=64)

@@ -812,7 +812,8 @@ class GraphBuilder:
         if bn_eps is not None:
             w, b = batchnorm.fold_batchnorm(
                 w, b, get("normalization.weight", (cout,)), get("normalization.bias", (cout,)),
-                get("normalization.running_mean", (cout,)), get("normalization.running_var", (cout,)),
+                get("normalization.running_mean", (cout,)),
+                get("normalization.running_var", (cout,)),
                 bn_eps)
         w = np.ascontiguousarray(w, dtype=np.float32)
         b = np.zeros(cout, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
@@ -870,7 +871,8 @@ class GraphBuilder:
         inputs = [x] if residual is None else [x, residual]
         name = self._name(prefix, backbone)
         node = Conv(name, inputs, self._new(name), "pointwise",
-                    np.ascontiguousarray(np.concatenate(ws)), np.ascontiguousarray(np.concatenate(bs)),
+                    np.ascontiguousarray(np.concatenate(ws)),
+                    np.ascontiguousarray(np.concatenate(bs)),
                     1, 1, 1, "symmetric", act_mod.act_code(act))
         node.batch_norm, node.linear = False, True
         # nn.Linear applies no activation and no residual: its hook sees neither

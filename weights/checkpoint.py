@@ -173,7 +173,8 @@ def read_safetensors(path):
 
 
 def read_pytorch_bin(path):
-    """Read a ``pytorch_model.bin`` state dict (needs PyTorch; weights_only=True, no pickled code)."""
+    """Read a ``pytorch_model.bin`` state dict (needs PyTorch; weights_only=True: no pickled
+    code)."""
     try:
         import torch
     except ImportError:

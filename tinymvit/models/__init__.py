@@ -7,7 +7,8 @@ BUILDERS = {
     "mobilenet_v2": mobilenet_v2.build,
 }
 
-_PREFIX = {"mobilevitv2": "mobilevitv2.", "mobilevit": "mobilevit.", "mobilenet_v2": "mobilenet_v2."}
+_PREFIX = {"mobilevitv2": "mobilevitv2.", "mobilevit": "mobilevit.",
+           "mobilenet_v2": "mobilenet_v2."}
 
 
 def backbone_prefix(family):

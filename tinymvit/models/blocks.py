@@ -47,7 +47,7 @@ def inverted_residual(g, x, prefix, cout, *, stride, dilation, expand_ratio, act
     h = x
     if expand:
         h = g.conv(x, f"{prefix}.expand_1x1", hidden, bn_eps=bn_eps, act=act,
-                   padding=padding)                             # (N, H, W, cin) -> (N, H, W, hidden)
+                   padding=padding)                        # (N, H, W, cin) -> (N, H, W, hidden)
     h = g.conv(h, f"{prefix}.conv_3x3", g.channels[h], k=3, stride=stride, dilation=dilation,
                groups=g.channels[h], bn_eps=bn_eps, act=act,
                padding=padding)                                 # -> (N, H/s, W/s, hidden)

@@ -60,7 +60,7 @@ def build(g, config, head):
                               bn_eps=eps, padding=pad, divisor=config.depth_divisible_by,
                               min_value=config.min_depth,
                               expand=not (stem and config.first_layer_is_expansion),
-                              residual=not stem)                # (N, h, w, C) -> (N, h/s, w/s, adm(c))
+                              residual=not stem)           # (N, h, w, C) -> (N, h/s, w/s, adm(c))
         if not stem:
             hidden.append(x)                                    # hidden states: layer.0..15
 
