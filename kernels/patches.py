@@ -17,7 +17,7 @@ exact zeros; MobileViT v1 first resizes the map to a multiple of p.
 """
 import numpy as np
 
-from .policy import arenas, check, check_array, job
+from .policy import arenas, check, check_array, helper, job
 from .simd import copy_floats, zero_floats
 
 
@@ -48,12 +48,17 @@ def fold_patches_reference(tokens, p, nh, nw, H, W):
 PATCH_FIELDS = ("x_off", "B", "H", "W", "C", "p", "nh", "nw", "o_off")
 
 
+@helper(inline=True)
+def _fields(prm):
+    """x_off, H, W, C, p, nh, nw, o_off of a patch op row (B is in the job index)."""
+    return prm[2], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+
+
 @job
 def unfold_job(pa, a_size, pw, w_size, pp, job, worker):
     """tokens[b, a*p + bb, i*nw + j, :] = x[b, i*p + a, j*p + bb, :] for patch row i."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
-    x_off, H, Wd, C = prm[2], prm[4], prm[5], prm[6]
-    p, nh, nw, o_off = prm[7], prm[8], prm[9], prm[10]
+    x_off, H, Wd, C, p, nh, nw, o_off = _fields(prm)
     b = job // nh
     i = job - b * nh
     for a in range(p):
@@ -68,8 +73,7 @@ def unfold_job(pa, a_size, pw, w_size, pp, job, worker):
 def fold_job(pa, a_size, pw, w_size, pp, job, worker):
     """Map row y of image b from the tokens; rows/columns no patch covers become 0."""
     A, W, prm = arenas(pa, a_size, pw, w_size, pp)
-    x_off, H, Wd, C = prm[2], prm[4], prm[5], prm[6]
-    p, nh, nw, o_off = prm[7], prm[8], prm[9], prm[10]
+    x_off, H, Wd, C, p, nh, nw, o_off = _fields(prm)
     b = job // H
     y = job - b * H
     i = y // p
