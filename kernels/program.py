@@ -32,7 +32,7 @@ from .attention_mha import mha_job
 from .attention_separable import separable_attention_job
 from .conv import conv_job
 from .depthwise import separable_job
-from .layout import nchw_to_nhwc_job
+from .layout import copy_channels_job, nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
@@ -47,7 +47,7 @@ ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a c
 # op name -> code; the codes are the branches of run_job below
 CODES = {"gemm": 1, "conv": 2, "separable": 3, "group_norm": 4, "layer_norm": 5,
          "separable_attention": 6, "mha": 7, "unfold": 8, "fold": 9, "pool": 10,
-         "nchw_to_nhwc": 11, "activation": 12, "resize": 13}
+         "nchw_to_nhwc": 11, "activation": 12, "resize": 13, "copy_channels": 14}
 
 
 class Op:
@@ -111,7 +111,7 @@ JOBS = {"gemm": gemm_job, "conv": conv_job, "separable": separable_job,
         "group_norm": group_norm_job, "layer_norm": layer_norm_job,
         "separable_attention": separable_attention_job, "mha": mha_job, "unfold": unfold_job,
         "fold": fold_job, "pool": pool_job, "nchw_to_nhwc": nchw_to_nhwc_job,
-        "activation": activation_job, "resize": resize_job}
+        "activation": activation_job, "resize": resize_job, "copy_channels": copy_channels_job}
 
 
 N_CODES = max(CODES.values()) + 1

@@ -6,11 +6,13 @@ Hugging Face models use), so a wrong reference cannot hide a wrong kernel.
 """
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
 
 from helpers import randn
 from tinymvit.kernels.policy import KernelArgumentError
 
 from tinymvit.kernels.attention_mha import multi_head_attention, multi_head_attention_reference
+from tinymvit.kernels.layout import copy_channels, copy_channels_reference
 from tinymvit.kernels.attention_separable import (separable_attention,
                                                   separable_attention_reference)
 from tinymvit.kernels.norm import (group_norm1, group_norm1_reference, layer_norm,
@@ -302,3 +304,18 @@ def test_references_match_torch():
     # global average pooling
     x = randn(rng, (2, 5, 7, 9))
     assert_close(global_avg_pool_reference(x), t(x).mean(dim=(1, 2)).numpy(), 1e-6)
+
+
+@pytest.mark.parametrize("shape,c_out,c0", [((1, 5, 7, 3), 10, 2), ((2, 4, 4, 16), 16, 0),
+                                            ((3, 1, 9, 8), 20, 12)])
+def test_copy_channels_matches_reference(shape, c_out, c0):
+    rng = np.random.default_rng(c_out)
+    x = randn(rng, shape)
+    out = randn(rng, shape[:3] + (c_out,))
+    want = copy_channels_reference(x, out.copy(), c0)
+    assert_array_equal(copy_channels(x, out, c0), want)
+    v = randn(rng, (shape[0], shape[3]))                       # broadcast a vector per image
+    want = copy_channels_reference(v, out.copy(), c0, broadcast=True)
+    assert_array_equal(copy_channels(v, out, c0, broadcast=True), want)
+    with pytest.raises(KernelArgumentError, match="cannot copy"):
+        copy_channels(x, out, c_out - 1)

@@ -391,9 +391,8 @@ class Broadcast(Node):
         return (n, h, w, c), None
 
     def steps(self, ins, out, args, scratch, threads):
-        def run(A):
-            view(A, out)[...] = view(A, ins[0])[:, None, None, :]
-        return [run]
+        return [layout.copy_channels_op(ins[0].off, ins[0].shape, out.off, out.shape, 0,
+                                        broadcast=True, threads=threads)]
 
     def reference(self, xs, out_shape, args):
         return np.broadcast_to(xs[0][:, None, None, :], out_shape).copy()   # (N, H, W, C)
@@ -406,12 +405,9 @@ class Concat(Node):
         return shapes[0][:-1] + (sum(s[-1] for s in shapes),), None
 
     def steps(self, ins, out, args, scratch, threads):
-        def run(A):
-            y, c = view(A, out), 0
-            for t in ins:
-                y[..., c:c + t.shape[-1]] = view(A, t)
-                c += t.shape[-1]
-        return [run]
+        starts = np.cumsum([0] + [t.shape[-1] for t in ins])     # each input's first channel
+        return [layout.copy_channels_op(t.off, t.shape, out.off, out.shape, int(c0),
+                                        threads=threads) for t, c0 in zip(ins, starts)]
 
     def reference(self, xs, out_shape, args):
         return np.concatenate(xs, axis=-1)                                  # (N, H, W, sum C)
