@@ -991,7 +991,8 @@ def run_speed_processes(names, info, args, runtimes, logits_dir, log):
             check = threads == args.threads[0] and rep == 0   # the logits check, once
             jobs = []
             for i, name in enumerate(names):
-                jobs += [(rt, [name]) for rt in (solo if (rep + i) % 2 == 0 else solo[::-1])]
+                jobs += [(rt, [name]) for rt in (solo if (rep + i) % 2 == 0 else solo[::-1])
+                         if rt != "ort" or info[name]["onnx"]]       # no export: ORT n/a
             if "torch" in runtimes:            # one process for all models, first or last
                 jobs = [("torch", names)] + jobs if rep % 2 else jobs + [("torch", names)]
             line = {}
@@ -1012,7 +1013,7 @@ def run_speed_processes(names, info, args, runtimes, logits_dir, log):
                     continue
                 name = models[0]
                 line.setdefault(name, []).append(_short(rt, procs[rt, name, threads][-1]))
-                if len(line[name]) == len(solo):
+                if len(line[name]) == len(solo) - (not info[name]["onnx"] and "ort" in solo):
                     log(f"{where}{name:<9}" + "".join(line[name]))
     return procs
 
@@ -1395,8 +1396,9 @@ def print_startup(s, log):
     log(f"\n{'start-up (s)':<18} {'runtime':<9} {'import':>6} {'load':>6} {'1st call':>8} "
         f"{'total':>6} {'process':>7} {'RSS MB':>6}  target  verdict")
     for r in s["runs"]:
-        if r.get("errors") and not r.get("reps"):
-            log(f"{r['model']:<18} {NAMES[r['runtime']]:<9} ERROR {r['errors'][0]}")
+        if not r.get("reps"):                  # every process failed, or none ran (no ONNX)
+            log(f"{r['model']:<18} {NAMES[r['runtime']]:<9} "
+                + (f"ERROR {r['errors'][0]}" if r.get("errors") else "n/a"))
             continue
         log(f"{r['model']:<18} {NAMES[r['runtime']]:<9} {r['import_s']:6.3f} {r['load_s']:6.3f} "
             f"{r['first_s']:8.3f} {r['total_s']:6.3f} {r['wall_s']:7.3f} {r['rss_mb']:6.0f}  "

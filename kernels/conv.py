@@ -30,8 +30,8 @@ import numpy as np
 from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
                         pack_panels, store_tile, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, TILE, copy_floats, gemm_tile, stack_buffer, stack_buffer_i64,
-                   zero_floats)
+from .simd import (MR, NR, TAP_ROWS, TILE, copy_floats, gemm_taps_out, gemm_tile, stack_buffer,
+                   stack_buffer_i64, zero_floats)
 from .workers import default_threads
 
 
@@ -162,11 +162,18 @@ def _staged_rows(A, W, p, j, worker):
         last = min(h - 1, ih0 + (kh - 1) * dil)
         while nxt <= last:                             # stage the rows this one needs
             r = ring + (nxt % n_slots) * row_len + pad_l * cin
-            if nchw:
-                for ch in range(cin):
-                    src = x_off + ((n * cin + ch) * h + nxt) * w_in
+            if nchw:                                   # pixel by pixel: one write stream
+                src = x_off + (n * cin * h + nxt) * w_in
+                plane = h * w_in
+                if cin == 3:                           # RGB: an interleaving LLVM vectorises
                     for x in range(w_in):
-                        A[r + x * cin + ch] = A[src + x]
+                        A[r + 3 * x] = A[src + x]
+                        A[r + 3 * x + 1] = A[src + plane + x]
+                        A[r + 3 * x + 2] = A[src + 2 * plane + x]
+                else:
+                    for x in range(w_in):
+                        for ch in range(cin):
+                            A[r + x * cin + ch] = A[src + ch * plane + x]
             else:
                 copy_floats(A, r, A, x_off + (n * h + nxt) * w_in * cin, w_in * cin)
             nxt += 1
@@ -179,6 +186,13 @@ def _staged_rows(A, W, p, j, worker):
             panel = w_off + pp * kt * NR
             for j0 in range(0, wo, MR):
                 rows = min(MR, wo - j0)
+                if dil == 1 and kh <= TAP_ROWS:       # every tap row in the same registers
+                    x = j0 * stride * cin
+                    gemm_taps_out(A, offs[0] + x, offs[min(1, kh - 1)] + x,
+                                  offs[min(2, kh - 1)] + x, kh, stride * cin, rows, W, panel,
+                                  kw * cin, b_off + n0, min(NR, cout - n0), A,
+                                  o_row + j0 * cout + n0, cout, act)
+                    continue
                 for a in range(kh):
                     x = offs[a] + j0 * stride * cin
                     if dil == 1:                       # the kw taps: kw*cin floats in a row

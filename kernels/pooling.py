@@ -2,12 +2,12 @@
 
 ``out[b, c] = mean over (h, w) of x[b, h, w, c]`` — the classifier input of all
 three families and the image-pooling branch of the DeepLabV3 heads.  The sums are
-accumulated in float64.
+accumulated in float64 (from float32 vector sums of at most PIXEL_CHUNK pixels).
 """
 import numpy as np
 
 from .policy import arenas, check, check_array, job
-from .simd import stack_buffer_f64
+from .simd import VEC, stack_buffer, stack_buffer_f64, vadd, vload, vsplat, vstore
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -18,6 +18,7 @@ def global_avg_pool_reference(x):
 
 # ---------------------------------------------------------------- the kernel
 CHANNEL_BLOCK = 64  # channels summed by one parallel job
+PIXEL_CHUNK = 64    # pixels summed in float32 before their sum is added in float64
 
 # fields of a "pool" op row (after [code, jobs]): x (B, HW, C) at x_off, out (B, C) at o_off
 POOL_FIELDS = ("x_off", "B", "HW", "C", "o_off")
@@ -33,12 +34,24 @@ def pool_job(pa, a_size, pw, w_size, pp, job, worker):
     c0 = (job - b * n_cblocks) * CHANNEL_BLOCK
     c1 = min(c, c0 + CHANNEL_BLOCK)
     acc = stack_buffer_f64(CHANNEL_BLOCK)    # (channels in block,)
-    for ch in range(c1 - c0):
+    for ch in range(CHANNEL_BLOCK):
         acc[ch] = 0.0
-    for k in range(hw):
-        row = x_off + (b * hw + k) * c
-        for ch in range(c0, c1):
-            acc[ch - c0] += A[row + ch]
+    if c1 - c0 == CHANNEL_BLOCK:             # a whole block: float32 vector sums in registers
+        part = stack_buffer(CHANNEL_BLOCK)   # over PIXEL_CHUNK pixels, then into the float64
+        for k0 in range(0, hw, PIXEL_CHUNK):
+            for v in range(0, CHANNEL_BLOCK, VEC):
+                vstore(part, v, vsplat(np.float32(0.0)))
+            for k in range(k0, min(hw, k0 + PIXEL_CHUNK)):
+                row = x_off + (b * hw + k) * c + c0
+                for v in range(0, CHANNEL_BLOCK, VEC):
+                    vstore(part, v, vadd(vload(part, v), vload(A, row + v)))
+            for ch in range(CHANNEL_BLOCK):
+                acc[ch] += part[ch]
+    else:
+        for k in range(hw):
+            row = x_off + (b * hw + k) * c
+            for ch in range(c0, c1):
+                acc[ch - c0] += A[row + ch]
     for ch in range(c0, c1):
         A[o_off + b * c + ch] = np.float32(acc[ch - c0] / hw)
 

@@ -561,6 +561,45 @@ def gemm_tile(typingctx, acc, a, a_base, lda, rows, w, w_base, kn, accumulate):
     return types.void(acc, a, a_base, lda, rows, w, w_base, kn, accumulate), codegen
 
 
+def _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, res_p,
+                   r_base, rows, act, with_res):
+    """Store ``act(acc + bias) (+ res)`` for the rows < ``rows`` and columns < ``ncols`` of
+    a register tile (the code after the k loop of gemm_tile_out and gemm_taps_out)."""
+    const = lambda v: ir.Constant(b_base.type, v)  # noqa: E731
+    masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
+    b_p = builder.gep(w_p, [b_base])
+    bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(NV)]
+    vals = _activations(builder, [builder.fadd(accs[t], bias[t % NV])
+                                  for t in range(MR * NV)], act)
+    out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
+
+    def store(masks, residual):
+        for i in range(MR):
+            with builder.if_then(builder.icmp_signed("<", const(i), rows)):
+                row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
+                row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
+                for j in range(NV):
+                    v = vals[i * NV + j]
+                    if residual:
+                        v = builder.fadd(v, _load(builder, builder.gep(
+                            row_r, [const(j * VEC)]), masks[j]))
+                    _store(builder, v, builder.gep(row_o, [const(j * VEC)]), masks[j])
+
+    with builder.if_else(builder.icmp_signed("==", ncols, const(NR))) as (whole, partial):
+        with whole:
+            with builder.if_else(with_res) as (plus, plain):
+                with plus:
+                    store([None] * NV, True)
+                with plain:
+                    store([None] * NV, False)
+        with partial:
+            with builder.if_else(with_res) as (plus, plain):
+                with plus:
+                    store(masks, True)
+                with plain:
+                    store(masks, False)
+
+
 @intrinsic
 def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base,
                   ldo, res, r_base, act, has_res):
@@ -587,44 +626,53 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
             _intp(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 10,
                                                                     11, 13, 14))
         with_res = context.cast(builder, args[15], sig.args[15], types.boolean)
-        const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
         accs = _tile_products(builder, _tile_rows(builder, a_p, a_base, lda, rows),
                               builder.gep(w_p, [w_base]), kn, [_vconst(0.0)] * (MR * NV))
-        masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
-        b_p = builder.gep(w_p, [b_base])
-        bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(NV)]
-        vals = _activations(builder, [builder.fadd(accs[t], bias[t % NV])
-                                      for t in range(MR * NV)], act)
-        out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
-
-        def store(masks, residual):
-            for i in range(MR):
-                with builder.if_then(builder.icmp_signed("<", const(i), rows)):
-                    row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
-                    row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
-                    for j in range(NV):
-                        v = vals[i * NV + j]
-                        if residual:
-                            v = builder.fadd(v, _load(builder, builder.gep(
-                                row_r, [const(j * VEC)]), masks[j]))
-                        _store(builder, v, builder.gep(row_o, [const(j * VEC)]), masks[j])
-
-        with builder.if_else(builder.icmp_signed("==", ncols, const(NR))) as (whole, partial):
-            with whole:
-                with builder.if_else(with_res) as (plus, plain):
-                    with plus:
-                        store([None] * NV, True)
-                    with plain:
-                        store([None] * NV, False)
-            with partial:
-                with builder.if_else(with_res) as (plus, plain):
-                    with plus:
-                        store(masks, True)
-                    with plain:
-                        store(masks, False)
+        _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, res_p,
+                       r_base, rows, act, with_res)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
                       r_base, act, has_res), codegen
+
+
+TAP_ROWS = 3       # most tap rows gemm_taps_out sums in registers
+
+
+@intrinsic
+def gemm_taps_out(typingctx, a, base0, base1, base2, n_taps, lda, rows, w, w_base, kn, b_base,
+                  ncols, out, o_base, ldo, act):
+    """gemm_tile_out over up to TAP_ROWS segments of A at unrelated places -- the tap rows
+    of a kxk convolution, each kn = kw*Cin floats deep -- summed in the same registers::
+
+        out.flat[o_base + i*ldo + j] = act(w.flat[b_base + j] + sum_{t < n_taps} sum_{k < kn}
+                                           a.flat[base_t + i*lda + k]
+                                           * w.flat[w_base + (t*kn + k)*NR + j])
+
+    for i < rows (<= MR), j < ncols (<= NR); n_taps <= TAP_ROWS (the bases past it are not
+    read).  No partial sums go to memory between the tap rows.
+    """
+    if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
+            and _ints(base0, base1, base2, n_taps, lda, rows, w_base, kn, b_base, ncols,
+                      o_base, ldo, act)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a_p, w_p, out_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 7, 12))
+        (base0, base1, base2, n_taps, lda, rows, w_base, kn, b_base, ncols, o_base, ldo,
+         act) = (_intp(context, builder, args[i], sig.args[i])
+                 for i in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15))
+        const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
+        accs = [_vconst(0.0)] * (MR * NV)
+        for t, base in enumerate((base0, base1, base2)):
+            depth = builder.select(builder.icmp_signed(">", n_taps, const(t)), kn, const(0))
+            w_t = builder.gep(w_p, [builder.add(w_base, builder.mul(const(t * NR), kn))])
+            accs = _tile_products(builder, _tile_rows(builder, a_p, base, lda, rows), w_t,
+                                  depth, accs)
+        _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, out_p,
+                       o_base, rows, act, ir.Constant(ir.IntType(1), 0))
+        return context.get_dummy_value()
+    return types.void(a, base0, base1, base2, n_taps, lda, rows, w, w_base, kn, b_base, ncols,
+                      out, o_base, ldo, act), codegen
 
 
 @intrinsic
