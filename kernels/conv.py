@@ -21,7 +21,7 @@ made; two ways to read it in place, by the number of input channels:
 * few (the stem: Cin = 3): the input rows a job needs are staged once, channels
   last and zero-padded, into a small ring (the model's NCHW input is read in its
   own layout there); then the kw taps of a tap row are kw*Cin consecutive floats
-  for every pixel, and a tile takes them as one product of depth kw*Cin.
+  for every pixel, and a tile sums the kh products of depth kw*Cin in its registers.
 """
 from collections import namedtuple
 
@@ -137,9 +137,10 @@ def _staged_rows(A, W, p, j, worker):
 
     The input rows the band reads are staged, once each, into a ring of zero-padded
     rows in the job's scratch space (channels last, whatever x's layout; a row of zeros
-    stands for rows outside the input).  Per output row, per tap row a, one register
-    tile product of depth kw*Cin over pixel rows stride*Cin floats apart (dilated
-    kernels: one product per tap, depth Cin), then bias and activation."""
+    stands for rows outside the input).  Per output row, each register tile sums its
+    kh tap rows -- products of depth kw*Cin over pixel rows stride*Cin floats apart --
+    in registers and stores act(sum + bias) (``simd.gemm_taps_out``; kernels taller than
+    TAP_ROWS or dilated: one product per tap row or tap, summed in a tile buffer)."""
     x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
