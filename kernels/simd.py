@@ -21,7 +21,9 @@ This module gives the kernels explicit tools instead, all of them Numba
    ``MR x NR`` block of ``A @ B`` kept in ``MR * NV`` vector registers
    (``NR = NV * VEC``) while k runs.  Per k it loads NV vectors of a packed
    weight row, broadcasts one value from each of the MR rows of A and issues
-   MR * NV fused multiply-adds.
+   MR * NV fused multiply-adds.  ``gemm_tile_out`` adds the epilogue (bias,
+   activation, residual) in registers; ``gemm_taps_out`` runs the k loop over up to
+   TAP_ROWS separate segments of A (the tap rows of the stem convolution).
 
 3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX neighbouring
    output pixels of one channel vector, their running sums in registers while the
