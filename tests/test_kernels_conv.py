@@ -138,6 +138,28 @@ def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
         assert rel_err(out, ref) < TOL, act
 
 
+@pytest.mark.parametrize("n,h,w,cin,k,stride,dil", [
+    (1, 17, 13, 3, 3, 2, 1), (2, 9, 10, 3, 3, 1, 1), (2, 8, 7, 4, 3, 2, 1),
+    (1, 7, 9, 1, 5, 1, 1), (1, 12, 11, 3, 3, 1, 2)])
+def test_conv_reads_an_nchw_input_in_place(n, h, w, cin, k, stride, dil):
+    """The stem reads the model's NCHW input itself (RGB and other channel counts)."""
+    from tinymvit.kernels.program import Arena, run_ops
+    rng = np.random.default_rng(n * 100 + cin + k)
+    x = randn(rng, (n, h, w, cin))                                      # (N, H, W, Cin)
+    wt, b = randn(rng, (20, cin, k, k), scale=0.3), randn(rng, (20,))
+    wp = conv.prepare_conv_weight(wt)
+    (top, _), (left, _) = pads_for(h, k, stride, dil, True), pads_for(w, k, stride, dil, True)
+    ho, wo = out_size(h, k, stride, dil, True), out_size(w, k, stride, dil, True)
+    A, W = Arena(), Arena()
+    xo = A.add(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))          # stored (N, Cin, H, W)
+    oo = A.add(size=n * ho * wo * 20)
+    op = conv.conv_op(xo, x.shape, oo, (n, ho, wo, 20), wp, W.add(wp.panels), W.add(b),
+                      stride, dil, top, left, ACT_RELU6, threads=2, nchw=True)
+    got = run_ops([op], A.build(), W.build(), 2)[oo:oo + n * ho * wo * 20]
+    ref = conv.conv2d_reference(x, wt, b, stride, dil, top, left, ACT_RELU6, (ho, wo))
+    assert rel_err(got.reshape(ref.shape), ref) < TOL
+
+
 def test_conv2d_1x1_equals_pointwise():
     rng = np.random.default_rng(3)
     x, wt, b = randn(rng, (2, 5, 6, 20)), randn(rng, (18, 20, 1, 1)), randn(rng, (18,))
