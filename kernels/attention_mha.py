@@ -19,9 +19,10 @@ which stores straight into its destination), QB = 3 * MR queries at a time:
   of NR head dimensions (like weights; zeros past hd);
 * scores of QB queries: S = Q K^T, MR queries x NR keys per tile, into a (QB, N)
   block that stays in L1;
-* each row of S becomes exp(s - max) / sum, in place (vectorised);
-* the output of the QB queries: Y = S V, MR queries x NR head dimensions per tile,
-  stored into the heads' columns of the output (a last, partial panel is masked).
+* each row of S becomes exp(s - max), in place (vectorised), and its 1 / sum is kept;
+* the output of the QB queries: Y = E V, MR queries x NR head dimensions per tile,
+  stored into the heads' columns of the output (a last, partial panel is masked), then
+  each query's hd outputs are multiplied by its 1 / sum (hd products instead of N).
 """
 import math
 
@@ -29,8 +30,8 @@ import numpy as np
 
 from .activations import vexp
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, VEC, gemm_tile_out, vhmax, vload, vload_n, vmax, vmul, vsplat,
-                   vstore, vstore_n, vsub, vsum, zero_floats)
+from .simd import (MR, NR, VEC, gemm_tile_out, vadd, vhmax, vload, vload_n, vmax, vmul,
+                   vsplat, vstore, vstore_n, vsub, vsum, zero_floats)
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -59,7 +60,9 @@ QB = 3 * MR      # queries per block: whole register tiles
 
 @helper
 def _softmax_row(A, row, n):
-    """A[row + m] = exp(A[row + m] - max) / sum for m < n, in place (sum in float64)."""
+    """A[row + m] = exp(A[row + m] - max) for m < n, in place; returns 1 / sum (the
+    normalisation is applied to the row's output, hd values, rather than to its n scores).
+    The sum runs in VEC float32 lanes (n / VEC terms each), then across lanes."""
     vm = vsplat(A[row])
     m = 0
     while m + VEC <= n:
@@ -69,25 +72,33 @@ def _softmax_row(A, row, n):
     while m < n:
         rmax = max(rmax, A[row + m])
         m += 1
-    total = 0.0
+    vmax_ = vsplat(rmax)
+    acc = vsplat(np.float32(0.0))
     m = 0
     while m + VEC <= n:
-        e = vexp(vsub(vload(A, row + m), vsplat(rmax)))
+        e = vexp(vsub(vload(A, row + m), vmax_))
         vstore(A, row + m, e)
-        total += vsum(e)
+        acc = vadd(acc, e)
         m += VEC
-    if m < n:
-        e = vexp(vsub(vload_n(A, row + m, n - m), vsplat(rmax)))
+    tail = np.float32(0.0)
+    if m < n:                                         # masked lanes load as 0: exp(0 - max)
+        e = vexp(vsub(vload_n(A, row + m, n - m), vmax_))   # is not 0, so sum the tail apart
         vstore_n(A, row + m, e, n - m)
         for t in range(n - m):
-            total += A[row + m + t]
-    inv = vsplat(np.float32(1.0 / total))
+            tail += A[row + m + t]
+    return np.float32(1.0 / (np.float64(vsum(acc)) + np.float64(tail)))
+
+
+@helper
+def _scale_row(A, off, n, f):
+    """A[off : off + n] *= f."""
+    v = vsplat(f)
     m = 0
     while m + VEC <= n:
-        vstore(A, row + m, vmul(vload(A, row + m), inv))
+        vstore(A, off + m, vmul(vload(A, off + m), v))
         m += VEC
     if m < n:
-        vstore_n(A, row + m, vmul(vload_n(A, row + m, n - m), inv), n - m)
+        vstore_n(A, off + m, vmul(vload_n(A, off + m, n - m), v), n - m)
 
 
 @job
@@ -110,6 +121,7 @@ def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     sc = vp + d_panels * N * NR                       # scores of QB queries: (QB, n_pad)
     zeros = sc + QB * n_pad                           # NR zeros: the products' "bias"
     zero_floats(A, zeros, NR)
+    inv = zeros + NR                                  # 1 / sum per query of the block
     for m in range(n_pad):                            # pack K (scaled) and V
         panel = kp + (m // NR) * hd * NR + m % NR
         for t in range(hd):
@@ -126,14 +138,16 @@ def mha_job(pa, a_size, pw, w_size, pp, job, worker):
                 gemm_tile_out(A, q0 + (qb + i0) * ld, ld, min(MR, nq - i0), A,
                               kp + pk * hd * NR, hd, zeros, NR, A, sc + i0 * n_pad + pk * NR,
                               n_pad, A, 0, 0, False)
-        for q in range(nq):                           # each query's softmax, in place
-            _softmax_row(A, sc + q * n_pad, N)
-        for i0 in range(0, nq, MR):                   # Y = P V, MR queries x NR dims
+        for q in range(nq):                           # each query's exp(s - max), in place
+            A[inv + q] = _softmax_row(A, sc + q * n_pad, N)
+        for i0 in range(0, nq, MR):                   # Y = E V, MR queries x NR dims
             out = o_off + (s * N + qb + i0) * h + j * hd
             for pd in range(d_panels):
                 gemm_tile_out(A, sc + i0 * n_pad, n_pad, min(MR, nq - i0), A,
                               vp + pd * N * NR, N, zeros, min(NR, hd - pd * NR), A,
                               out + pd * NR, h, A, 0, 0, False)
+        for q in range(nq):                           # Y /= sum of the row's exps
+            _scale_row(A, o_off + (s * N + qb + q) * h + j * hd, hd, A[inv + q])
 
 
 def mha_op(x_off, qkv_shape, num_heads, o_off):
@@ -147,7 +161,7 @@ def mha_op(x_off, qkv_shape, num_heads, o_off):
     from .program import Op
     hd, n_pad = h // num_heads, -(-N // NR) * NR
     return Op("mha", S * num_heads, (x_off, S, N, h, num_heads, o_off),
-              scratch=n_pad * hd + -(-hd // NR) * N * NR + QB * n_pad + NR)
+              scratch=n_pad * hd + -(-hd // NR) * N * NR + QB * n_pad + NR + QB)
 
 
 def multi_head_attention(qkv, num_heads, out):
