@@ -19,7 +19,6 @@ One definition of the records, shared by the command line's folder pipeline and 
 from typing import Any, NamedTuple
 
 from .batching import decode_ahead
-from .visualize import class_fractions
 
 __all__ = ["Prediction", "classification_record", "segmentation_record", "error_record",
            "predict_batch", "predict"]
@@ -41,6 +40,7 @@ def classification_record(path, predictions):
 
 def segmentation_record(path, labels, id2label):
     """``{"path", "width", "height", "fractions"}`` of an (H, W) label map."""
+    from .visualize import class_fractions      # drawing code: imported by segmentation only
     fractions = {c["label"]: c["fraction"] for c in class_fractions(labels, id2label)}
     return {"path": str(path), "width": int(labels.shape[1]), "height": int(labels.shape[0]),
             "fractions": fractions}
