@@ -72,17 +72,17 @@ def _softmax_row(A, row, n):
     while m < n:
         rmax = max(rmax, A[row + m])
         m += 1
-    vmax_ = vsplat(rmax)
+    shift = vsplat(rmax)
     acc = vsplat(np.float32(0.0))
     m = 0
     while m + VEC <= n:
-        e = vexp(vsub(vload(A, row + m), vmax_))
+        e = vexp(vsub(vload(A, row + m), shift))
         vstore(A, row + m, e)
         acc = vadd(acc, e)
         m += VEC
     tail = np.float32(0.0)
-    if m < n:                                         # masked lanes load as 0: exp(0 - max)
-        e = vexp(vsub(vload_n(A, row + m, n - m), vmax_))   # is not 0, so sum the tail apart
+    if m < n:             # masked lanes load as 0 and exp(0 - max) is not 0: sum the tail apart
+        e = vexp(vsub(vload_n(A, row + m, n - m), shift))
         vstore_n(A, row + m, e, n - m)
         for t in range(n - m):
             tail += A[row + m + t]
