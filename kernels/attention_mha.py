@@ -136,8 +136,8 @@ def mha_job(pa, a_size, pw, w_size, pp, job, worker):
         for i0 in range(0, nq, MR):                   # S = Q K^T, MR queries x NR keys
             for pk in range(n_pad // NR):
                 gemm_tile_out(A, q0 + (qb + i0) * ld, ld, min(MR, nq - i0), A,
-                              kp + pk * hd * NR, hd, zeros, NR, A, sc + i0 * n_pad + pk * NR,
-                              n_pad, A, 0, 0, False)
+                              kp + pk * hd * NR, hd, zeros, min(NR, N - pk * NR), A,
+                              sc + i0 * n_pad + pk * NR, n_pad, A, 0, 0, False)
         for q in range(nq):                           # each query's exp(s - max), in place
             A[inv + q] = _softmax_row(A, sc + q * n_pad, N)
         for i0 in range(0, nq, MR):                   # Y = E V, MR queries x NR dims

@@ -22,8 +22,10 @@ This module gives the kernels explicit tools instead, all of them Numba
    (``NR = NV * VEC``) while k runs.  Per k it loads NV vectors of a packed
    weight row, broadcasts one value from each of the MR rows of A and issues
    MR * NV fused multiply-adds.  ``gemm_tile_out`` adds the epilogue (bias,
-   activation, residual) in registers; ``gemm_taps_out`` runs the k loop over up to
-   TAP_ROWS separate segments of A (the tap rows of the stem convolution).
+   activation, residual) in registers, and computes a last panel of at most VEC
+   columns with one vector per row (half the FMAs: 144 channels on AVX-512, a
+   36-wide attention head); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
+   separate segments of A (the tap rows of the stem convolution).
 
 3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX neighbouring
    output pixels of one channel vector, their running sums in registers while the
@@ -509,26 +511,43 @@ def _tile_rows(builder, a_p, a_base, lda, rows):
         builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
 
 
-def _tile_products_rows(builder, row_ptrs, w_p, kn, init):
-    """The k loop of a register tile of len(row_ptrs) rows: NV vector accumulators per row
-    (phi nodes), from ``init``.  Per k: NV weight vectors (row k of the packed panel at
-    w_p), one broadcast per row, NV FMAs per row."""
+def _tile_products_rows(builder, row_ptrs, w_p, kn, init, nv=NV):
+    """The k loop of a register tile of len(row_ptrs) rows: nv vector accumulators per row
+    (phi nodes), from ``init``.  Per k: nv weight vectors (row k of the packed panel at
+    w_p, NR floats apart), one broadcast per row, nv FMAs per row."""
     const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
 
     def step(k, accs):
         w_row = builder.gep(w_p, [builder.mul(k, const(NR))])
-        b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(NV)]
+        b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(nv)]
         new = []
         for i, row in enumerate(row_ptrs):
             s = _splat(builder, builder.load(builder.gep(row, [k]), align=4))
-            new += [_fma(builder, s, b[j], accs[i * NV + j]) for j in range(NV)]
+            new += [_fma(builder, s, b[j], accs[i * nv + j]) for j in range(nv)]
         return new
     return _loop(builder, const(0), kn, const(1), init, step, "k")
 
 
-def _tile_products(builder, row_ptrs, w_p, kn, init):
-    """The k loop of the MR x NR register tile (MR * NV accumulators)."""
-    return _tile_products_rows(builder, row_ptrs, w_p, kn, init)
+def _tile_products(builder, row_ptrs, w_p, kn, init, nv=NV):
+    """The k loop of the MR x (nv * VEC) register tile (MR * nv accumulators)."""
+    return _tile_products_rows(builder, row_ptrs, w_p, kn, init, nv)
+
+
+def _by_width(builder, ncols, emit):
+    """``emit(nv)`` twice: for a tile whose columns fit one vector (ncols <= VEC: the last,
+    narrow panel of a product whose width is not a multiple of NR, e.g. 144 channels on
+    AVX-512 or a 36-wide attention head) with one accumulator per row -- half the FMAs,
+    and MR independent chains still cover the FMA latency -- and for the whole NV-vector
+    tile.  With NV == 1 only the latter."""
+    if NV == 1:
+        emit(NV)
+        return
+    narrow = builder.icmp_signed("<=", ncols, ir.Constant(ncols.type, VEC))
+    with builder.if_else(narrow) as (one, whole):
+        with one:
+            emit(1)
+        with whole:
+            emit(NV)
 
 
 @intrinsic
@@ -564,15 +583,16 @@ def gemm_tile(typingctx, acc, a, a_base, lda, rows, w, w_base, kn, accumulate):
 
 
 def _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, res_p,
-                   r_base, rows, act, with_res):
+                   r_base, rows, act, with_res, nv=NV):
     """Store ``act(acc + bias) (+ res)`` for the rows < ``rows`` and columns < ``ncols`` of
-    a register tile (the code after the k loop of gemm_tile_out and gemm_taps_out)."""
+    a register tile of MR x (nv * VEC) (the code after the k loop of gemm_tile_out and
+    gemm_taps_out)."""
     const = lambda v: ir.Constant(b_base.type, v)  # noqa: E731
-    masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
+    masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(nv)]
     b_p = builder.gep(w_p, [b_base])
-    bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(NV)]
-    vals = _activations(builder, [builder.fadd(accs[t], bias[t % NV])
-                                  for t in range(MR * NV)], act)
+    bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(nv)]
+    vals = _activations(builder, [builder.fadd(accs[t], bias[t % nv])
+                                  for t in range(MR * nv)], act)
     out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
 
     def store(masks, residual):
@@ -580,20 +600,21 @@ def _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ld
             with builder.if_then(builder.icmp_signed("<", const(i), rows)):
                 row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
                 row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
-                for j in range(NV):
-                    v = vals[i * NV + j]
+                for j in range(nv):
+                    v = vals[i * nv + j]
                     if residual:
                         v = builder.fadd(v, _load(builder, builder.gep(
                             row_r, [const(j * VEC)]), masks[j]))
                     _store(builder, v, builder.gep(row_o, [const(j * VEC)]), masks[j])
 
-    with builder.if_else(builder.icmp_signed("==", ncols, const(NR))) as (whole, partial):
+    whole_tile = builder.icmp_signed("==", ncols, const(nv * VEC))
+    with builder.if_else(whole_tile) as (whole, partial):
         with whole:
             with builder.if_else(with_res) as (plus, plain):
                 with plus:
-                    store([None] * NV, True)
+                    store([None] * nv, True)
                 with plain:
-                    store([None] * NV, False)
+                    store([None] * nv, False)
         with partial:
             with builder.if_else(with_res) as (plus, plain):
                 with plus:
@@ -613,7 +634,8 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
 
     for i < rows (<= MR), j < ncols (<= NR); ``act`` (none, ReLU, ReLU6, SiLU) and
     ``has_res`` are chosen at run time, once per tile.  Columns past ncols and rows past
-    ``rows`` are neither read nor written.
+    ``rows`` are neither read nor written; when ncols <= VEC only the panel's first
+    vector of columns is computed.
     """
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
             and _is_f32_c_array(res) and _ints(a_base, lda, rows, w_base, kn, b_base, ncols,
@@ -628,10 +650,14 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
             _intp(context, builder, args[i], sig.args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 10,
                                                                     11, 13, 14))
         with_res = context.cast(builder, args[15], sig.args[15], types.boolean)
-        accs = _tile_products(builder, _tile_rows(builder, a_p, a_base, lda, rows),
-                              builder.gep(w_p, [w_base]), kn, [_vconst(0.0)] * (MR * NV))
-        _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, res_p,
-                       r_base, rows, act, with_res)
+        row_ptrs = _tile_rows(builder, a_p, a_base, lda, rows)
+
+        def tile(nv):
+            accs = _tile_products(builder, row_ptrs, builder.gep(w_p, [w_base]), kn,
+                                  [_vconst(0.0)] * (MR * nv), nv)
+            _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo,
+                           res_p, r_base, rows, act, with_res, nv)
+        _by_width(builder, ncols, tile)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
                       r_base, act, has_res), codegen

@@ -151,6 +151,8 @@ MHA_CASES = [  # (S, N, h, heads, scale)
     (4, 64, 36, 1, 4.0),     # one head, peaked softmax
     (1, 300, 64, 2, 10.0),   # very peaked: many exp() underflow
     (2, 16, 16, 4, 1.0),     # head dim 4
+    (1, 40, 80, 4, 1.0),     # head dim 20, N = 40: narrow last panels (one vector or less)
+    (1, 24, 96, 2, 3.0),     # head dim 48: 32 + 16 with the AVX-512 tiles
 ]
 
 
