@@ -44,6 +44,18 @@ from .workers import POOL, default_threads, job_done, next_job, wait_done
 FIELDS = OP_FIELDS     # int64 fields per op row: [op code, jobs, the op's own fields...]
 ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a cache line)
 
+
+def aligned_floats(n, zero=False):
+    """A new float32 array of n values whose data starts on a 64-byte boundary, so that
+    arena offsets that are multiples of ALIGN are cache-line aligned addresses too.
+    (NumPy's allocator only promises 16 bytes: a large array usually starts 16 bytes into
+    a page, and then every other AVX2 vector -- every AVX-512 vector -- of a tensor would
+    straddle two cache lines.)"""
+    n = max(int(n), 1)
+    raw = (np.zeros if zero else np.empty)(n + ALIGN, np.float32)
+    skip = (-raw.ctypes.data % (4 * ALIGN)) // 4
+    return raw[skip:skip + n]
+
 # op name -> code; the codes are the branches of run_job below
 CODES = {"gemm": 1, "conv": 2, "separable": 3, "group_norm": 4, "layer_norm": 5,
          "separable_attention": 6, "mha": 7, "unfold": 8, "fold": 9, "pool": 10,
@@ -94,7 +106,7 @@ class Arena:
         return offset
 
     def build(self):
-        flat = np.zeros(max(self.size, ALIGN), np.float32)
+        flat = aligned_floats(max(self.size, ALIGN), zero=True)
         for offset, array in self.parts:
             if array is not None:
                 a = np.asarray(array, np.float32).ravel()
@@ -248,7 +260,9 @@ def bind_ops(ops, A, W, threads=None):
         op.scratch_off = size
         size += op.scratch * threads
     if size > A.size:
-        A = np.concatenate([A, np.empty(size - A.size, np.float32)])
+        grown = aligned_floats(size)
+        grown[:A.size] = A
+        A = grown
     prog, jobs = table(ops), job_addresses(ops)
     return A, lambda: run_program(A, W, prog, jobs, 0, len(ops), threads)
 

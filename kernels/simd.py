@@ -484,6 +484,7 @@ def _stack_array(dtype_name, doc):
             intp = types.intp
             item = context.get_abi_sizeof(context.get_value_type(dtype))
             ptr = cgutils.alloca_once(builder, context.get_value_type(dtype), size=n)
+            ptr.align = 64                           # a cache line: whole vectors in one line
             ary = context.make_array(arrty)(context, builder)
             context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
                                    strides=[context.get_constant(intp, item)],

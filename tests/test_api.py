@@ -142,3 +142,20 @@ def test_plans_are_bounded_for_many_input_sizes(v1):
     for i in range(10):
         v1(np.zeros((1, 3, 40 + 8 * i, 48), np.float32))
     assert len(v1.graph._pool) <= v1.graph.MAX_CACHED_SHAPES
+
+
+def test_arenas_start_on_a_cache_line(v1):
+    """Arena offsets are multiples of 64 bytes, so the arenas themselves must start on a
+    64-byte boundary (NumPy only promises 16): else vectors straddle cache lines."""
+    from tinymvit.kernels import program
+    for n in (1, 7, 1000, 300_000):
+        for zero in (False, True):
+            a = program.aligned_floats(n, zero=zero)
+            assert a.dtype == np.float32 and a.shape == (n,) and a.flags.c_contiguous
+            assert a.ctypes.data % 64 == 0
+            if zero:
+                assert not a.any()
+    v1(np.zeros((1, 3, 64, 64), np.float32))
+    plans = [p for ps in v1.graph._pool.values() for p in ps]
+    assert plans and all(p.arena.ctypes.data % 64 == 0 for p in plans)
+    assert v1.graph.weights.ctypes.data % 64 == 0

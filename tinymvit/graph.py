@@ -617,7 +617,7 @@ class Plan:
         self.program = program.table(ops)
         self.jobs = program.job_addresses(ops)
         self.steps = _merged([s for _, steps in self.node_steps for s in steps])
-        self.arena = np.empty(self.size, np.float32)
+        self.arena = program.aligned_floats(self.size)         # cache-line aligned
 
     def run(self, W, steps):
         """Run ``steps``: program segments on the arenas, NumPy steps on the arena."""
