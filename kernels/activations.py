@@ -7,21 +7,18 @@ run as a separate pass (:func:`activation_job`, float64 per element, never on a 
 path).  :func:`activation` is the standalone in-place form.
 
 SiLU is x * sigmoid(x) = x / (1 + exp(-x)).  ``math.exp`` compiles to a scalar libm
-call, so :func:`vexp` computes exp a vector at a time: x = n*ln2 + r with |r| <=
-ln2/2 (Cody-Waite reduction: ln2 in two parts), exp(r) by a degree-6 polynomial
-(Cephes' expf coefficients), and 2**n assembled directly as float32 exponent bits;
-max relative error ~1.2e-7 (float32 rounding level).  1/(1 + e) is the CPU's
-reciprocal estimate refined by one Newton step.  The tiles' epilogues emit the same
-arithmetic as LLVM IR (``simd._exp``, ``simd._activation``); the softmax kernels use
-:func:`vexp`.
+call, so ``simd.vexp`` computes exp a vector at a time: x = n*ln2 + r with |r| <=
+ln2/2 (Cody-Waite reduction: ln2 in two parts), exp(r) by a degree-6 polynomial in
+Horner form, and 2**n assembled directly as float32 exponent bits; max error ~1 ulp
+(float32 rounding level); then one division.  The register tiles' epilogues and the
+softmax kernels use the same code (``simd._exp``, ``simd._silu``).
 """
 import math
 
 import numpy as np
 
 from .policy import arenas, check, check_array, helper, job
-from .simd import (VEC, vadd, vfloor, vfma, vload, vload_n, vmax, vmin, vmul, vpow2i, vrcp,
-                   vsplat, vstore, vstore_n, vsub)
+from .simd import VEC, vload, vload_n, vmax, vmin, vsilu, vsplat, vstore, vstore_n
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -90,24 +87,6 @@ MAX_FUSED = ACT_SILU  # codes 0..MAX_FUSED are applied in registers by producing
 
 
 @helper
-def vexp(x):
-    """exp of every lane of a vector, to ~1 ulp, clamped to float32's range: x = n*ln2 + r
-    (Cody-Waite: ln2 in two parts), exp(r) by Cephes' expf polynomial, 2**n from the
-    exponent bits."""
-    x = vmin(vmax(x, vsplat(-87.3)), vsplat(88.0))
-    n = vfloor(vfma(x, vsplat(1.44269504), vsplat(0.5)))            # round(x / ln2)
-    r = vfma(n, vsplat(-0.693359375), x)                              # x - n*ln2, 2 parts
-    r = vfma(n, vsplat(2.12194440e-4), r)
-    p = vsplat(1.9875691500e-4)
-    p = vfma(p, r, vsplat(1.3981999507e-3))
-    p = vfma(p, r, vsplat(8.3334519073e-3))
-    p = vfma(p, r, vsplat(4.1665795894e-2))
-    p = vfma(p, r, vsplat(1.6666665459e-1))
-    p = vfma(p, r, vsplat(5.0000001201e-1))
-    return vmul(vfma(vmul(p, r), r, vadd(r, vsplat(1.0))), vpow2i(n))
-
-
-@helper
 def activate(x, off, count, act):
     """x.flat[off : off + count] = act(itself) (ReLU, ReLU6 or SiLU), VEC lanes at a time."""
     end = off + count
@@ -127,7 +106,7 @@ def vact(v, act):
     if act == ACT_RELU6:
         return vmin(vmax(v, vsplat(0.0)), vsplat(6.0))
     if act == ACT_SILU:
-        return vmul(v, vrcp(vadd(vsplat(1.0), vexp(vsub(vsplat(0.0), v)))))
+        return vsilu(v)
     return v
 
 

@@ -28,9 +28,8 @@ import math
 
 import numpy as np
 
-from .activations import vexp
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, VEC, gemm_tile_out, vadd, vhmax, vload, vload_n, vmax, vmul,
+from .simd import (MR, NR, VEC, gemm_tile_out, vadd, vexp, vhmax, vload, vload_n, vmax, vmul,
                    vsplat, vstore, vstore_n, vsub, vsum, zero_floats)
 
 
