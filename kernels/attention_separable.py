@@ -10,14 +10,19 @@ channels V.  For each sample b and each p separately::
 
 No scaling and no heads: the cost is linear in N (hence "linear attention").
 The out_proj 1x1 conv that follows is not part of this kernel.
-The softmax sum and the context vector are accumulated in float64.
+
+A parallel job takes one (b, p): the N weights exp(q[n] - max q) (float64 exp,
+kept as float32, their sum in float64), then the context vector a block of
+channels at a time -- float32 vector sums over TOKEN_CHUNK patches, each added
+into float64 -- and the output rows a vector at a time.
 """
 import math
 
 import numpy as np
 
 from .policy import arenas, check, check_array, job, scratch
-from .simd import stack_buffer_f64
+from .simd import (VEC, stack_buffer, stack_buffer_f64, vfma, vload, vload_n, vmax, vmul, vsplat,
+                   vstore, vstore_n)
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -40,42 +45,63 @@ def separable_attention_reference(qkv):
 SEPARABLE_ATTENTION_FIELDS = ("x_off", "R", "N", "d", "o_off")
 
 
-CHUNK = 64   # context-vector channels accumulated together (in float64 registers)
+CHANNEL_BLOCK = 64   # context-vector channels summed together (whole vectors)
+TOKEN_CHUNK = 32     # patches summed in float32 before their sum is added in float64
 
 
 @job
 def separable_attention_job(pa, a_size, pw, w_size, pp, r, worker):
     """Group r: softmax of its query channel over the N patches, the context vector, and
-    out = relu(V) * cv.  The softmax sum and the context vector accumulate in float64."""
+    out = relu(V) * cv (see the module docstring)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     x_off, n_tok, d, o_off = p[2], p[4], p[5], p[6]
     width = 1 + 2 * d
     x0 = x_off + r * n_tok * width                       # qkv[r, 0, 0]
     o0 = o_off + r * n_tok * d                           # out[r, 0, 0]
-    cv = scratch(p, worker)                              # (d,) context vector: A[cv:]
+    ev = scratch(p, worker)                              # (N,) exp(q - max q): A[ev:]
+    cv = ev + n_tok                                      # (d,) context vector: A[cv:]
     qmax = A[x0]
     for n in range(1, n_tok):
         qmax = max(qmax, A[x0 + n * width])
     denom = 0.0
     for n in range(n_tok):
-        denom += math.exp(np.float64(A[x0 + n * width] - qmax))
-    acc = stack_buffer_f64(CHUNK)                        # un-normalised context, CHUNK channels
-    for c0 in range(0, d, CHUNK):
-        c1 = min(d, c0 + CHUNK)
-        for c in range(c1 - c0):
+        e = math.exp(np.float64(A[x0 + n * width] - qmax))
+        A[ev + n] = np.float32(e)
+        denom += np.float64(A[ev + n])
+    c_vec = d - d % VEC                                  # channels in whole vectors
+    acc = stack_buffer_f64(CHANNEL_BLOCK)
+    part = stack_buffer(CHANNEL_BLOCK)
+    for c0 in range(0, c_vec, CHANNEL_BLOCK):            # cv = sum_n e[n] K[n] / denom
+        nc = min(CHANNEL_BLOCK, c_vec - c0)
+        for c in range(nc):
             acc[c] = 0.0
+        for n0 in range(0, n_tok, TOKEN_CHUNK):
+            for v in range(0, nc, VEC):
+                vstore(part, v, vsplat(np.float32(0.0)))
+            for n in range(n0, min(n_tok, n0 + TOKEN_CHUNK)):
+                e = vsplat(A[ev + n])
+                k_row = x0 + n * width + 1 + c0
+                for v in range(0, nc, VEC):
+                    vstore(part, v, vfma(e, vload(A, k_row + v), vload(part, v)))
+            for c in range(nc):
+                acc[c] += part[c]
+        for c in range(nc):
+            A[cv + c0 + c] = np.float32(acc[c] / denom)
+    for c in range(c_vec, d):                            # channels past the last vector
+        total = 0.0
         for n in range(n_tok):
-            row = x0 + n * width
-            e = math.exp(np.float64(A[row] - qmax))
-            for c in range(c0, c1):
-                acc[c - c0] += e * A[row + 1 + c]
-        for c in range(c0, c1):
-            A[cv + c] = np.float32(acc[c - c0] / denom)
-    for n in range(n_tok):
-        row = x0 + n * width + 1 + d
+            total += np.float64(A[ev + n]) * A[x0 + n * width + 1 + c]
+        A[cv + c] = np.float32(total / denom)
+    zero = vsplat(np.float32(0.0))
+    for n in range(n_tok):                               # out = relu(V) * cv
+        v_row = x0 + n * width + 1 + d
         out = o0 + n * d
-        for c in range(d):
-            A[out + c] = max(A[row + c], np.float32(0.0)) * A[cv + c]
+        for c in range(0, c_vec, VEC):
+            vstore(A, out + c, vmul(vmax(vload(A, v_row + c), zero), vload(A, cv + c)))
+        if c_vec < d:
+            left = d - c_vec
+            vstore_n(A, out + c_vec, vmul(vmax(vload_n(A, v_row + c_vec, left), zero),
+                                          vload_n(A, cv + c_vec, left)), left)
 
 
 def separable_attention_op(x_off, qkv_shape, o_off):
@@ -85,7 +111,7 @@ def separable_attention_op(x_off, qkv_shape, o_off):
     b, pp, n, width = qkv_shape
     from .program import Op
     return Op("separable_attention", b * pp, (x_off, b * pp, n, (width - 1) // 2, o_off),
-              scratch=(width - 1) // 2)
+              scratch=n + (width - 1) // 2)
 
 
 def separable_attention(qkv, out):

@@ -118,6 +118,8 @@ SEP_CASES = [  # (B, P, N, d, query scale)
     (3, 1, 1, 1, 1.0),       # a single patch: softmax = 1
     (1, 9, 16, 1, 1.0),
     (2, 4, 64, 33, 30.0),    # very peaked softmax
+    (1, 4, 100, 144, 2.0),   # channel blocks of 64 and a shorter one; patch chunks of 32 + 4
+    (2, 2, 33, 70, 1.0),     # channels past the last whole vector
 ]
 
 
