@@ -10,7 +10,7 @@ sample, taken over all ``P*N*d`` values, then a per-channel affine::
 MobileViT (v1) uses an ordinary ``LayerNorm(h)``: the same formula, but the
 statistics are taken per token (per row of the last axis).
 
-Statistics are accumulated in float64 (over float32 partial sums of a few values
+Statistics are accumulated in float64 (over float32 partial sums of up to 32 values
 each) and every variance is a sum of squared deviations from an already known mean
 (two-pass), so no precision is lost to cancellation. A GroupNorm sample is
 normalised by several parallel jobs; each computes the sample's statistics itself (a
@@ -44,48 +44,73 @@ def layer_norm_reference(x, gamma, beta, eps):
 
 
 # ---------------------------------------------------------------- the kernel
-STATS_CHUNK = 8 * VEC   # values summed in float32 vector lanes before joining a float64 total
+STATS_CHUNK = 32 * VEC  # values summed in float32 vector lanes before joining a float64 total
 
 
-@helper
-def _sample_stats(x, off, count):
-    """float64 mean and sum of squared deviations from it of x.flat[off : off + count], in
-    two passes (1 / sqrt(var + eps) is left to the caller).  Each pass adds chunks of
-    STATS_CHUNK values in float32 vector lanes (8 values per lane: no precision lost that
-    matters) and the chunk sums in float64."""
-    end = off + count
+@helper(inline=True)
+def _sum_chunks(x, off, end, mu, squares):
+    """float64 sum of x.flat[off : end] (``squares`` False) or of (x - mu)**2 (True): four
+    independent float32 vector sums (their adds overlap instead of waiting on each other),
+    8 vectors each per chunk of STATS_CHUNK values, then the chunk's sum in float64."""
+    mu_v = vsplat(np.float32(mu))
     total = 0.0
     i = off
-    while i + VEC <= end:
-        lanes = vsplat(0.0)
+    while i + 4 * VEC <= end:
+        a0 = vsplat(0.0)
+        a1 = vsplat(0.0)
+        a2 = vsplat(0.0)
+        a3 = vsplat(0.0)
         stop = min(end, i + STATS_CHUNK)
-        while i + VEC <= stop:
-            lanes = vadd(lanes, vload(x, i))
-            i += VEC
-        total += vsum(lanes)
-    while i < end:
-        total += x[i]
-        i += 1
-    mu = total / count
-    mu_v = vsplat(np.float32(mu))
-    m2 = 0.0
-    i = off
+        while i + 4 * VEC <= stop:
+            v0 = vload(x, i)
+            v1 = vload(x, i + VEC)
+            v2 = vload(x, i + 2 * VEC)
+            v3 = vload(x, i + 3 * VEC)
+            if squares:
+                v0 = vsub(v0, mu_v)
+                v1 = vsub(v1, mu_v)
+                v2 = vsub(v2, mu_v)
+                v3 = vsub(v3, mu_v)
+                a0 = vfma(v0, v0, a0)
+                a1 = vfma(v1, v1, a1)
+                a2 = vfma(v2, v2, a2)
+                a3 = vfma(v3, v3, a3)
+            else:
+                a0 = vadd(a0, v0)
+                a1 = vadd(a1, v1)
+                a2 = vadd(a2, v2)
+                a3 = vadd(a3, v3)
+            i += 4 * VEC
+        total += vsum(vadd(vadd(a0, a1), vadd(a2, a3)))
+    lanes = vsplat(0.0)                                  # the last < 4 whole vectors
     while i + VEC <= end:
-        lanes = vsplat(0.0)
-        stop = min(end, i + STATS_CHUNK)
-        while i + VEC <= stop:
-            dev = vsub(vload(x, i), mu_v)
-            lanes = vfma(dev, dev, lanes)
-            i += VEC
-        m2 += vsum(lanes)
-    while i < end:
-        dev = np.float64(x[i]) - mu
-        m2 += dev * dev
+        v = vload(x, i)
+        if squares:
+            v = vsub(v, mu_v)
+            lanes = vfma(v, v, lanes)
+        else:
+            lanes = vadd(lanes, v)
+        i += VEC
+    total += vsum(lanes)
+    while i < end:                                       # and single values
+        if squares:
+            dev = np.float64(x[i]) - mu
+            total += dev * dev
+        else:
+            total += x[i]
         i += 1
-    return mu, m2
+    return total
 
 
-@helper
+@helper(inline=True)
+def _sample_stats(x, off, count):
+    """float64 mean and sum of squared deviations from it of x.flat[off : off + count], in
+    two passes (1 / sqrt(var + eps) is left to the caller)."""
+    mu = _sum_chunks(x, off, off + count, 0.0, False) / count
+    return mu, _sum_chunks(x, off, off + count, mu, True)
+
+
+@helper(inline=True)
 def _normalize_rows(A, x_off, o_off, r_lo, r_hi, c, mu, rstd, W, g_off, b_off):
     """A[o_off + r*c + ch] = (A[x_off + r*c + ch] - mu) * rstd * gamma[ch] + beta[ch]."""
     mu_v = vsplat(np.float32(mu))
