@@ -12,16 +12,19 @@ needs, so symmetric and TF-"SAME" (asymmetric) padding are the same kernel.
 Implementation: an *implicit GEMM* on the pointwise kernel's register tile
 (``simd.gemm_tile``), out = A @ W' with W' the weight as (kh*kw*Cin, Cout) and
 A's row for an output pixel the kh*kw input vectors its taps read.  A is never
-made; two ways to read it in place, by the number of input channels:
+made; two ways to read it:
 
-* many (>= DIRECT_MIN_CHANNELS): tap by tap, the tiles read a row of output
-  pixels' input vectors straight from x (pixels s*Cin floats apart) and add their
-  products into the output; a tap whose pixels all fall in the padding is skipped
-  (DeepLab's ASPP: rates 6/12/18 on a 32x32 map, most off-centre taps);
-* few (the stem: Cin = 3): the input rows a job needs are staged once, channels
-  last and zero-padded, into a small ring (the model's NCHW input is read in its
-  own layout there); then the kw taps of a tap row are kw*Cin consecutive floats
-  for every pixel, and a tile sums the kh products of depth kw*Cin in its registers.
+* staged (the stem, Cin = 3, and every undilated conv of at most TAP_ROWS rows whose
+  ring fits in STAGED_RING_FLOATS -- MobileViT's 3x3 convs): the input rows a job
+  needs are staged once, channels last and zero-padded, into a small ring (the
+  model's NCHW input is read in its own layout there); then the kw taps of a tap
+  row are kw*Cin consecutive floats for every pixel, and a tile sums the kh products
+  of depth kw*Cin in its registers and stores act(sum + bias) once;
+* direct (dilated or large convs with >= DIRECT_MIN_CHANNELS inputs): tap by tap,
+  the tiles read a row of output pixels' input vectors straight from x (pixels s*Cin
+  floats apart) and add their products into the output; a tap whose pixels all fall
+  in the padding is skipped (DeepLab's ASPP: rates 6/12/18 on a 32x32 map, most
+  off-centre taps).
 """
 from collections import namedtuple
 
@@ -120,10 +123,11 @@ def unpack_conv_weight(wp):
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
                "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct",
                "nchw")
-DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps are read in place
+DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in place
+STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
 
 
-MAX_TAP_ROWS = 64          # largest kernel height of a conv with few input channels
+MAX_TAP_ROWS = 64          # largest kernel height of a staged conv
 
 
 def ring_width(w_in, wo, kw, stride, dil, pad_l):
@@ -133,7 +137,7 @@ def ring_width(w_in, wo, kw, stride, dil, pad_l):
 
 @helper
 def _staged_rows(A, W, p, j, worker):
-    """Job j of a conv op with few input channels: a band of mc output rows of one image.
+    """Job j of a staged conv op: a band of mc output rows of one image.
 
     The input rows the band reads are staged, once each, into a ring of zero-padded
     rows in the job's scratch space (channels last, whatever x's layout; a row of zeros
@@ -265,7 +269,7 @@ def _direct_rows(A, W, p, j):
 
 @job
 def conv_job(pa, a_size, pw, w_size, pp, j, worker):
-    """Job j of a conv op (staged rows for few input channels, direct for many)."""
+    """Job j of a conv op (staged rows, or direct: see the module docstring)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     if p[22]:
         _direct_rows(A, W, p, j)
@@ -308,7 +312,10 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     _, ho, wo, cout = out_shape
     panels = wp.panels.shape[0]
     from .program import Op
-    if cin >= DIRECT_MIN_CHANNELS and not nchw:
+    width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
+    ring = ((wp.kh - 1) * dilation + stride + 1) * width * cin
+    in_registers = dilation == 1 and wp.kh <= TAP_ROWS and ring <= STAGED_RING_FLOATS
+    if cin >= DIRECT_MIN_CHANNELS and not nchw and not in_registers:
         # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
         # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
         band = max(1, min(ho, 65536 // max(1, w * cin)))
@@ -319,15 +326,13 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         return Op("conv", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
                    stride, dilation, pad_top, pad_left, band, pg, True, False))
-    # few input channels: bands of output rows, each job staging the rows its band reads
+    # staged: bands of output rows, each job staging the rows its band reads
     check(wp.kh <= MAX_TAP_ROWS, f"kernel height {wp.kh} > {MAX_TAP_ROWS}")
     per_img = 1 if threads == 1 else min(ho, -(-4 * threads // n))
     mc = -(-ho // per_img)
-    width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
     return Op("conv", n * -(-ho // mc), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw,
                                          w_off, b_off, act, stride, dilation, pad_top, pad_left,
-                                         mc, panels, False, nchw),
-              scratch=((wp.kh - 1) * dilation + stride + 1) * width * cin)
+                                         mc, panels, False, nchw), scratch=ring)
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):

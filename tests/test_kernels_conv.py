@@ -115,9 +115,12 @@ CONV_CASES = [  # (N, H, W, Cin, Cout, k, stride, dilation, tf_padding)
     (1, 9, 9, 130, 33, 3, 1, 1, False), (1, 6, 6, 600, 20, 3, 1, 1, False),
     (2, 7, 9, 12, 20, 1, 1, 1, False), (1, 11, 11, 8, 12, 5, 2, 1, True),
     (1, 4, 4, 1, 5, 3, 1, 1, False), (1, 1, 1, 40, 16, 3, 1, 1, False),
-    # direct path (Cin >= 32): stride 2 with TF padding, batch 2, dilation past the map
-    (2, 13, 11, 48, 40, 3, 2, 1, True), (2, 9, 10, 32, 20, 3, 1, 2, False),
-    (1, 5, 7, 33, 17, 5, 2, 3, True), (3, 3, 3, 64, 70, 3, 1, 4, False),
+    # many channels, staged (taps summed in registers): stride 2 with TF padding, batch 2
+    (2, 13, 11, 48, 40, 3, 2, 1, True),
+    # direct path (Cin >= 32 and dilated, taller than TAP_ROWS or a ring too big to stage):
+    # dilation past the map, stride 2 with TF padding on a wide map
+    (2, 9, 10, 32, 20, 3, 1, 2, False), (1, 5, 7, 33, 17, 5, 2, 3, True),
+    (3, 3, 3, 64, 70, 3, 1, 4, False), (1, 9, 700, 48, 40, 3, 2, 1, True),
 ]
 
 
@@ -309,3 +312,20 @@ def test_padding_helpers_match_torch_and_transformers():
                             continue                  # torch refuses: kernel larger than input
                         y = layer(torch.nn.functional.pad(ones, (pb, pa, pb, pa)))
                         assert conv.conv_out_size(n, k, stride, dil, pb, pa) == y.shape[-1]
+
+
+@pytest.mark.parametrize("shape,k,dil,direct", [
+    ((1, 32, 32, 96), 3, 1, False),      # MobileViT-S conv_kxk: staged, taps in registers
+    ((1, 32, 32, 96), 3, 6, True),       # dilated (DeepLab's ASPP): read in place
+    ((1, 32, 32, 96), 5, 1, True),       # taller than TAP_ROWS
+    ((1, 9, 700, 48), 3, 1, True),       # a ring too big to stage
+    ((1, 32, 32, 3), 3, 1, False),       # the stem
+])
+def test_conv_chooses_staged_rows_where_taps_sum_in_registers(shape, k, dil, direct):
+    n, h, w, cin = shape
+    wp = conv.prepare_conv_weight(np.ones((16, cin, k, k), np.float32))
+    pads = conv.symmetric_pads(k, dil)
+    ho, wo = (conv.conv_out_size(v, k, 1, dil, *pads) for v in (h, w))
+    op = conv.conv_op(0, shape, 0, (n, ho, wo, 16), wp, 0, 0, 1, dil, pads[0], pads[0],
+                      ACT_NONE)
+    assert bool(op.fields[conv.CONV_FIELDS.index("direct")]) == direct
