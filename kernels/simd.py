@@ -281,9 +281,9 @@ def _activation(builder, v, act):
 
 def _silu(builder, v):
     """v * sigmoid(v) = v / (1 + exp(-v)), one correctly rounded division: faster than the
-    reciprocal estimate + Newton step + product it replaces (measured on Zen 3; by the
-    instruction tables also on AVX-512 Xeons, where the divider runs beside the FMA ports)
-    and more precise (~1.5 ulp)."""
+    reciprocal estimate + Newton step + product it replaces (measured on Zen 3; on AVX-512
+    Xeons the instruction tables say about even, the divider running beside the FMA ports;
+    not measured) and more precise (~1.5 ulp)."""
     return builder.fdiv(v, builder.fadd(_vconst(1.0), _exp(builder, builder.fsub(_vconst(0.0),
                                                                                    v))))
 
