@@ -24,7 +24,8 @@ This module gives the kernels explicit tools instead, all of them Numba
    MR * NV fused multiply-adds.  ``gemm_tile_out`` adds the epilogue (bias,
    activation, residual) in registers, and computes a last panel of at most VEC
    columns with one vector per row (half the FMAs: 144 channels on AVX-512, a
-   36-wide attention head); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
+   36-wide attention head) and a last block of at most MR/2 rows with MR/2 rows
+   (49 pixels, 56-pixel image rows); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
    separate segments of A (the tap rows of the stem convolution).
 
 3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX neighbouring
@@ -576,20 +577,20 @@ def gemm_tile(typingctx, acc, a, a_base, lda, rows, w, w_base, kn, accumulate):
 
 
 def _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, res_p,
-                   r_base, rows, act, with_res, nv=NV):
+                   r_base, rows, act, with_res, nv=NV, mr=MR):
     """Store ``act(acc + bias) (+ res)`` for the rows < ``rows`` and columns < ``ncols`` of
-    a register tile of MR x (nv * VEC) (the code after the k loop of gemm_tile_out and
+    a register tile of mr x (nv * VEC) (the code after the k loop of gemm_tile_out and
     gemm_taps_out)."""
     const = lambda v: ir.Constant(b_base.type, v)  # noqa: E731
     masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(nv)]
     b_p = builder.gep(w_p, [b_base])
     bias = [_load(builder, builder.gep(b_p, [const(j * VEC)]), masks[j]) for j in range(nv)]
     vals = _activations(builder, [builder.fadd(accs[t], bias[t % nv])
-                                  for t in range(MR * nv)], act)
+                                  for t in range(mr * nv)], act)
     out_p, res_p = builder.gep(out_p, [o_base]), builder.gep(res_p, [r_base])
 
     def store(masks, residual):
-        for i in range(MR):
+        for i in range(mr):
             with builder.if_then(builder.icmp_signed("<", const(i), rows)):
                 row_o = builder.gep(out_p, [builder.mul(const(i), ldo)])
                 row_r = builder.gep(res_p, [builder.mul(const(i), ldo)])
@@ -628,7 +629,7 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
     for i < rows (<= MR), j < ncols (<= NR); ``act`` (none, ReLU, ReLU6, SiLU) and
     ``has_res`` are chosen at run time, once per tile.  Columns past ncols and rows past
     ``rows`` are neither read nor written; when ncols <= VEC only the panel's first
-    vector of columns is computed.
+    vector of columns is computed, when rows <= MR/2 only MR/2 rows.
     """
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
             and _is_f32_c_array(res) and _ints(a_base, lda, rows, w_base, kn, b_base, ncols,
@@ -645,12 +646,26 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
         with_res = context.cast(builder, args[15], sig.args[15], types.boolean)
         row_ptrs = _tile_rows(builder, a_p, a_base, lda, rows)
 
-        def tile(nv):
-            accs = _tile_products(builder, row_ptrs, builder.gep(w_p, [w_base]), kn,
-                                  [_vconst(0.0)] * (MR * nv), nv)
+        def tile(nv, mr):
+            accs = _tile_products(builder, row_ptrs[:mr], builder.gep(w_p, [w_base]), kn,
+                                  [_vconst(0.0)] * (mr * nv), nv)
             _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo,
-                           res_p, r_base, rows, act, with_res, nv)
-        _by_width(builder, ncols, tile)
+                           res_p, r_base, rows, act, with_res, nv, mr)
+
+        def by_height(nv):
+            """A whole-width tile of at most MR/2 rows (the last rows of a product whose
+            height is not a multiple of MR: 49 pixels of a 7x7 map, a 56-pixel image row)
+            computes only those MR/2 rows."""
+            if nv == 1 or MR % 2:
+                tile(nv, MR)
+                return
+            short = builder.icmp_signed("<=", rows, ir.Constant(rows.type, MR // 2))
+            with builder.if_else(short) as (few, full):
+                with few:
+                    tile(nv, MR // 2)
+                with full:
+                    tile(nv, MR)
+        _by_width(builder, ncols, by_height)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
                       r_base, act, has_res), codegen
