@@ -48,6 +48,15 @@ STATS_CHUNK = 32 * VEC  # values summed in float32 vector lanes before joining a
 
 
 @helper(inline=True)
+def _accumulate(acc, v, mu_v, squares):
+    """acc + v, or acc + (v - mu)**2 when ``squares``."""
+    if squares:
+        v = vsub(v, mu_v)
+        return vfma(v, v, acc)
+    return vadd(acc, v)
+
+
+@helper(inline=True)
 def _sum_chunks(x, off, end, mu, squares):
     """float64 sum of x.flat[off : end] (``squares`` False) or of (x - mu)**2 (True): four
     independent float32 vector sums (their adds overlap instead of waiting on each other),
@@ -62,34 +71,15 @@ def _sum_chunks(x, off, end, mu, squares):
         a3 = vsplat(0.0)
         stop = min(end, i + STATS_CHUNK)
         while i + 4 * VEC <= stop:
-            v0 = vload(x, i)
-            v1 = vload(x, i + VEC)
-            v2 = vload(x, i + 2 * VEC)
-            v3 = vload(x, i + 3 * VEC)
-            if squares:
-                v0 = vsub(v0, mu_v)
-                v1 = vsub(v1, mu_v)
-                v2 = vsub(v2, mu_v)
-                v3 = vsub(v3, mu_v)
-                a0 = vfma(v0, v0, a0)
-                a1 = vfma(v1, v1, a1)
-                a2 = vfma(v2, v2, a2)
-                a3 = vfma(v3, v3, a3)
-            else:
-                a0 = vadd(a0, v0)
-                a1 = vadd(a1, v1)
-                a2 = vadd(a2, v2)
-                a3 = vadd(a3, v3)
+            a0 = _accumulate(a0, vload(x, i), mu_v, squares)
+            a1 = _accumulate(a1, vload(x, i + VEC), mu_v, squares)
+            a2 = _accumulate(a2, vload(x, i + 2 * VEC), mu_v, squares)
+            a3 = _accumulate(a3, vload(x, i + 3 * VEC), mu_v, squares)
             i += 4 * VEC
         total += vsum(vadd(vadd(a0, a1), vadd(a2, a3)))
     lanes = vsplat(0.0)                                  # the last < 4 whole vectors
     while i + VEC <= end:
-        v = vload(x, i)
-        if squares:
-            v = vsub(v, mu_v)
-            lanes = vfma(v, v, lanes)
-        else:
-            lanes = vadd(lanes, v)
+        lanes = _accumulate(lanes, vload(x, i), mu_v, squares)
         i += VEC
     total += vsum(lanes)
     while i < end:                                       # and single values

@@ -505,7 +505,7 @@ def _tile_rows(builder, a_p, a_base, lda, rows):
         builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
 
 
-def _tile_products_rows(builder, row_ptrs, w_p, kn, init, nv=NV):
+def _tile_products(builder, row_ptrs, w_p, kn, init, nv=NV):
     """The k loop of a register tile of len(row_ptrs) rows: nv vector accumulators per row
     (phi nodes), from ``init``.  Per k: nv weight vectors (row k of the packed panel at
     w_p, NR floats apart), one broadcast per row, nv FMAs per row."""
@@ -520,11 +520,6 @@ def _tile_products_rows(builder, row_ptrs, w_p, kn, init, nv=NV):
             new += [_fma(builder, s, b[j], accs[i * nv + j]) for j in range(nv)]
         return new
     return _loop(builder, const(0), kn, const(1), init, step, "k")
-
-
-def _tile_products(builder, row_ptrs, w_p, kn, init, nv=NV):
-    """The k loop of the MR x (nv * VEC) register tile (MR * nv accumulators)."""
-    return _tile_products_rows(builder, row_ptrs, w_p, kn, init, nv)
 
 
 def _by_width(builder, ncols, emit):
@@ -728,7 +723,7 @@ def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_bas
             _intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4, 5, 6, 8, 9))
         const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
         row = [builder.gep(a_p, [a_base])]
-        sums = _tile_products_rows(builder, row, builder.gep(w_p, [w_base]), kn,
+        sums = _tile_products(builder, row, builder.gep(w_p, [w_base]), kn,
                                    [_vconst(0.0)] * NV)
         b_p, out_p = builder.gep(w_p, [b_base]), builder.gep(out_p, [o_base])
         masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
