@@ -14,13 +14,15 @@ Implementation: an *implicit GEMM* on the pointwise kernel's register tile
 A's row for an output pixel the kh*kw input vectors its taps read.  A is never
 made; two ways to read it:
 
-* staged (the stem, Cin = 3, and every undilated conv of at most TAP_ROWS rows whose
-  ring fits in STAGED_RING_FLOATS -- MobileViT's 3x3 convs): the input rows a job
+* staged (every undilated conv of at most TAP_ROWS rows -- the stems, Cin = 3, and
+  MobileViT's 3x3 convs -- unless it has many channels and its ring would not fit in
+  STAGED_RING_FLOATS): the input rows a job
   needs are staged once, channels last and zero-padded, into a small ring (the
   model's NCHW input is read in its own layout there); then the kw taps of a tap
   row are kw*Cin consecutive floats for every pixel, and a tile sums the kh products
   of depth kw*Cin in its registers and stores act(sum + bias) once;
-* direct (dilated or large convs with >= DIRECT_MIN_CHANNELS inputs): tap by tap,
+* direct (dilated convs, taller ones, and wide maps with >= DIRECT_MIN_CHANNELS
+  inputs; a job kind of its own, compiled only by models that have one): tap by tap,
   the tiles read a row of output pixels' input vectors straight from x (pixels s*Cin
   floats apart) and add their products into the output; a tap whose pixels all fall
   in the padding is skipped (DeepLab's ASPP: rates 6/12/18 on a 32x32 map, most
@@ -31,7 +33,7 @@ from collections import namedtuple
 import numpy as np
 
 from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
-                        pack_panels, store_tile, unpack_panels)
+                        pack_panels, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (MR, NR, TAP_ROWS, TILE, copy_floats, gemm_taps_out, gemm_tile, stack_buffer,
                    stack_buffer_i64, zero_floats)
@@ -119,7 +121,8 @@ def unpack_conv_weight(wp):
 
 
 # ---------------------------------------------------------------- the kernel
-# fields of a "conv" op row, after [code, jobs]; mc: output rows per job, pg: panels per job
+# fields of a "conv" / "conv_direct" op row, after [code, jobs]; mc: output rows per job, pg:
+# panels per job
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
                "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct",
                "nchw")
@@ -127,7 +130,12 @@ DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in 
 STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
 
 
-MAX_TAP_ROWS = 64          # largest kernel height of a staged conv
+
+
+def stages_in_registers(kh, dilation):
+    """Whether a conv can be staged: undilated and at most TAP_ROWS rows, so that a register
+    tile sums every tap row (``simd.gemm_taps_out``).  The others are direct."""
+    return dilation == 1 and kh <= TAP_ROWS
 
 
 def ring_width(w_in, wo, kw, stride, dil, pad_l):
@@ -143,8 +151,8 @@ def _staged_rows(A, W, p, j, worker):
     rows in the job's scratch space (channels last, whatever x's layout; a row of zeros
     stands for rows outside the input).  Per output row, each register tile sums its
     kh tap rows -- products of depth kw*Cin over pixel rows stride*Cin floats apart --
-    in registers and stores act(sum + bias) (``simd.gemm_taps_out``; kernels taller than
-    TAP_ROWS or dilated: one product per tap row or tap, summed in a tile buffer)."""
+    in registers and stores act(sum + bias) (``simd.gemm_taps_out``).  Only undilated
+    kernels of at most TAP_ROWS rows are staged (:func:`conv_op`)."""
     x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
@@ -159,8 +167,7 @@ def _staged_rows(A, W, p, j, worker):
     ring = scratch(p, worker)
     zero_floats(A, ring, (n_slots + 1) * row_len)
     zero_row = ring + n_slots * row_len
-    offs = stack_buffer_i64(MAX_TAP_ROWS)
-    acc = stack_buffer(TILE)
+    offs = stack_buffer_i64(TAP_ROWS)
     nxt = max(0, i_lo * stride - pad_t)                # next input row to stage
     for i in range(i_lo, i_hi):
         ih0 = i * stride - pad_t
@@ -191,24 +198,10 @@ def _staged_rows(A, W, p, j, worker):
             panel = w_off + pp * kt * NR
             for j0 in range(0, wo, MR):
                 rows = min(MR, wo - j0)
-                if dil == 1 and kh <= TAP_ROWS:       # every tap row in the same registers
-                    x = j0 * stride * cin
-                    gemm_taps_out(A, offs[0] + x, offs[min(1, kh - 1)] + x,
-                                  offs[min(2, kh - 1)] + x, kh, stride * cin, rows, W, panel,
-                                  kw * cin, b_off + n0, min(NR, cout - n0), A,
-                                  o_row + j0 * cout + n0, cout, act)
-                    continue
-                for a in range(kh):
-                    x = offs[a] + j0 * stride * cin
-                    if dil == 1:                       # the kw taps: kw*cin floats in a row
-                        gemm_tile(acc, A, x, stride * cin, rows, W, panel + a * kw * cin * NR,
-                                  kw * cin, a > 0)
-                    else:
-                        for b in range(kw):
-                            gemm_tile(acc, A, x + b * dil * cin, stride * cin, rows, W,
-                                      panel + (a * kw + b) * cin * NR, cin, a + b > 0)
-                store_tile(acc, rows, A, o_row + j0 * cout + n0, cout, min(NR, cout - n0), W,
-                           b_off + n0, act, A, 0, False)
+                x = j0 * stride * cin                  # every tap row in the same registers
+                gemm_taps_out(A, offs[0] + x, offs[min(1, kh - 1)] + x, offs[min(2, kh - 1)] + x,
+                              kh, stride * cin, rows, W, panel, kw * cin, b_off + n0,
+                              min(NR, cout - n0), A, o_row + j0 * cout + n0, cout, act)
 
 
 @helper
@@ -269,12 +262,18 @@ def _direct_rows(A, W, p, j):
 
 @job
 def conv_job(pa, a_size, pw, w_size, pp, j, worker):
-    """Job j of a conv op (staged rows, or direct: see the module docstring)."""
+    """Job j of a staged conv op (see the module docstring)."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
-    if p[22]:
-        _direct_rows(A, W, p, j)
-    else:
-        _staged_rows(A, W, p, j, worker)
+    _staged_rows(A, W, p, j, worker)
+
+
+@job
+def conv_direct_job(pa, a_size, pw, w_size, pp, j, worker):
+    """Job j of a direct conv op.  A job of its own, not a branch of conv_job: a model whose
+    convs are all staged (every classifier here: their stems) does not compile it -- a
+    third of the first run's conv compilation."""
+    A, W, p = arenas(pa, a_size, pw, w_size, pp)
+    _direct_rows(A, W, p, j)
 
 
 def check_maps(x_shape, out_shape, cin, cout):
@@ -314,8 +313,12 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     from .program import Op
     width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
     ring = ((wp.kh - 1) * dilation + stride + 1) * width * cin
-    in_registers = dilation == 1 and wp.kh <= TAP_ROWS and ring <= STAGED_RING_FLOATS
-    if cin >= DIRECT_MIN_CHANNELS and not nchw and not in_registers:
+    in_registers = stages_in_registers(wp.kh, dilation)
+    check(in_registers or not nchw, f"a conv reading the NCHW model input must be undilated and "
+                                    f"at most {TAP_ROWS} rows tall, not {wp.kh} (dilation "
+                                    f"{dilation})")
+    if not nchw and (not in_registers
+                     or (cin >= DIRECT_MIN_CHANNELS and ring > STAGED_RING_FLOATS)):
         # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
         # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
         band = max(1, min(ho, 65536 // max(1, w * cin)))
@@ -323,11 +326,10 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         jobs_rows = n * -(-ho // band)
         groups = min(panels, max(1, -(-4 * threads // jobs_rows))) if threads > 1 else 1
         pg = -(-panels // groups)
-        return Op("conv", jobs_rows * -(-panels // pg),
+        return Op("conv_direct", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
                    stride, dilation, pad_top, pad_left, band, pg, True, False))
     # staged: bands of output rows, each job staging the rows its band reads
-    check(wp.kh <= MAX_TAP_ROWS, f"kernel height {wp.kh} > {MAX_TAP_ROWS}")
     per_img = 1 if threads == 1 else min(ho, -(-4 * threads // n))
     mc = -(-ho // per_img)
     return Op("conv", n * -(-ho // mc), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw,

@@ -113,26 +113,29 @@ class CFunction:
         return cfunc.address
 
 
-def compile_all(functions):
-    """Give every CFunction of ``functions`` -- (function, rough compile seconds) pairs --
-    its address.  Those not in the cache are compiled; if that is two or more and this
-    machine has two cores, a helper process compiles about half of them into the cache at
-    the same time (program.compile_child), and this one then loads them from there: a first
-    run takes about half as long.  Should the helper fail, this process compiles the rest."""
-    todo = [(fn, cost) for fn, cost in functions
-            if fn._address is None and not native.is_cached(CACHE_DIR, fn.key)]
+def compile_all(units):
+    """Give every CFunction of ``units`` -- (functions, rough compile seconds) pairs, the
+    functions of a unit sharing helpers that are compiled once per process -- its address.
+    Those not in the cache are compiled; if that is two or more units and this machine has
+    two cores, a helper process compiles about half of the units into the cache at the same
+    time (program.compile_child), and this one then loads them from there: a first run takes
+    about half as long.  Should the helper fail, this process compiles the rest."""
+    todo = [(fns, cost) for fns, cost in units
+            if any(fn._address is None and not native.is_cached(CACHE_DIR, fn.key)
+                   for fn in fns)]
     helper_proc, theirs = None, []
     if (len(todo) >= 2 and CACHE_DIR and native.flag("TINYMVIT_PARALLEL_COMPILE", True)
             and _cores() >= 2):
         load = {"ours": 0.0, "theirs": HELPER_START_SECONDS}
-        for fn, cost in sorted(todo, key=lambda fc: -fc[1]):    # greedy: the costliest first
+        for fns, cost in sorted(todo, key=lambda fc: -fc[1]):    # greedy: the costliest first
             side = min(load, key=load.get)
             load[side] += cost
             if side == "theirs":
-                theirs.append(fn)
+                theirs.extend(fns)
         helper_proc = _start_helper(theirs) if theirs else None
+    functions = [fn for fns, _ in units for fn in fns]
     try:
-        for fn, _ in functions:
+        for fn in functions:
             if helper_proc is None or fn not in theirs:
                 fn.address
     except BaseException:
@@ -142,7 +145,7 @@ def compile_all(functions):
         raise
     if helper_proc is not None:
         helper_proc.wait()
-    for fn, _ in functions:
+    for fn in functions:
         fn.address                        # theirs: from the cache (or compiled here after all)
 
 

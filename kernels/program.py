@@ -30,7 +30,7 @@ from .lazy import LazyModule, intrinsic
 from .activations import activation_job
 from .attention_mha import mha_job
 from .attention_separable import separable_attention_job
-from .conv import conv_job
+from .conv import conv_direct_job, conv_job
 from .depthwise import separable_job
 from .layout import copy_channels_job, nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
@@ -59,7 +59,8 @@ def aligned_floats(n, zero=False):
 # op name -> code; the codes are the branches of run_job below
 CODES = {"gemm": 1, "conv": 2, "separable": 3, "group_norm": 4, "layer_norm": 5,
          "separable_attention": 6, "mha": 7, "unfold": 8, "fold": 9, "pool": 10,
-         "nchw_to_nhwc": 11, "activation": 12, "resize": 13, "copy_channels": 14}
+         "nchw_to_nhwc": 11, "activation": 12, "resize": 13, "copy_channels": 14,
+         "conv_direct": 15}
 
 
 class Op:
@@ -123,15 +124,22 @@ JOBS = {"gemm": gemm_job, "conv": conv_job, "separable": separable_job,
         "group_norm": group_norm_job, "layer_norm": layer_norm_job,
         "separable_attention": separable_attention_job, "mha": mha_job, "unfold": unfold_job,
         "fold": fold_job, "pool": pool_job, "nchw_to_nhwc": nchw_to_nhwc_job,
-        "activation": activation_job, "resize": resize_job, "copy_channels": copy_channels_job}
+        "activation": activation_job, "resize": resize_job, "copy_channels": copy_channels_job,
+        "conv_direct": conv_direct_job}
 
 
 N_CODES = max(CODES.values()) + 1
 
 
 # Rough seconds each one takes to compile (one core, Zen 3), to share the work out fairly.
-COMPILE_SECONDS = {"conv": 3.7, "separable": 2.3, "mha": 1.6, "resize": 1.5, "activation": 1.2,
-                   "group_norm": 0.9, "gemm": 0.8, "execute": 0.7, "separable_attention": 0.7}
+COMPILE_SECONDS = {"separable": 3.0, "conv": 1.6, "conv_direct": 1.6, "mha": 1.7,
+                   "resize": 1.5, "layer_norm": 1.3, "group_norm": 1.2, "gemm": 1.1,
+                   "separable_attention": 1.1, "activation": 0.9, "execute": 0.7, "pool": 0.6}
+
+# Jobs compiled in the same process as another (when both are needed): they share its big
+# helpers (the gemm job is little more than separable's gemm_block), which a process
+# compiles once -- only ~40 % of their own cost is left.
+COMPILED_WITH = {"gemm": "separable"}
 
 
 def _functions(kinds):
@@ -143,8 +151,12 @@ def compile_kernels(kinds=None):
     every op kind), as a first run would (see :func:`kernel_status`).  Kernels not in the
     cache yet are compiled by two processes at once where there are two cores (policy.py's
     :func:`compile_all`)."""
-    compile_all([(fn, COMPILE_SECONDS.get(name, 0.3))
-                 for name, fn in _functions(JOBS if kinds is None else kinds)])
+    units = {}
+    for name, fn in _functions(JOBS if kinds is None else kinds):
+        unit = units.setdefault(COMPILED_WITH.get(name, name), [[], 0.0])
+        unit[0].append(fn)
+        unit[1] += COMPILE_SECONDS.get(name, 0.3) * (0.4 if name in COMPILED_WITH else 1.0)
+    compile_all([(tuple(fns), cost) for fns, cost in units.values()])
 
 
 def compile_child(cache_dir, keys):
@@ -170,11 +182,13 @@ def kernel_status():
     return {name: fn.status for name, fn in [("execute", execute), *sorted(JOBS.items())]}
 
 
-def job_addresses(ops):
+def job_addresses(ops, also=()):
     """int64 array: code -> address of the compiled job function, for the ops' kinds only
-    (the first use of a kind compiles it, or loads it from the cache)."""
+    (the first use of a kind compiles it, or loads it from the cache).  ``also``: more kinds
+    to compile now, beside them (e.g. the resize a segmentation model's output needs next:
+    compiled in parallel rather than after)."""
     table = np.zeros(N_CODES, np.int64)
-    compile_kernels({op.kind for op in ops})
+    compile_kernels({op.kind for op in ops} | set(also))
     for kind in {op.kind for op in ops}:
         table[CODES[kind]] = JOBS[kind].address
     return table

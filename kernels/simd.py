@@ -289,15 +289,15 @@ def _silu(builder, v):
                                                                                    v))))
 
 
-def _activations(builder, values, act):
+def _activations(builder, values, act, codes=ACTIVATIONS_IR[1:]):
     """Activation ``act`` (a run-time integer: one of ACTIVATIONS_IR) of every vector of
     ``values``: a branch per activation, taken once for the whole list (one compiled copy
-    serves every activation)."""
+    serves every activation).  Codes not in ``codes`` leave the values as they are."""
     done = builder.append_basic_block("act.done")
     start = builder.block
     branches = []
     switch = builder.switch(act, done)
-    for code in ACTIVATIONS_IR[1:]:
+    for code in codes:
         block = builder.append_basic_block(f"act.{code}")
         switch.add_case(ir.Constant(act.type, code), block)
         builder.position_at_end(block)
@@ -759,7 +759,7 @@ def _dw_codegen(npix, masked):
             return x_row, builder.gep(w_p, [builder.add(builder.mul(builder.mul(a, kw), c), c0)])
 
         def store(accs, c0):                         # with the activation, in registers
-            for q, acc in enumerate(_activations(builder, accs, act)):
+            for q, acc in enumerate(_activations(builder, accs, act, DW_ACTIVATIONS)):
                 _store(builder, acc, builder.gep(dst_p, [builder.add(builder.mul(const(q), c),
                                                                      c0)]), mask)
 
@@ -835,8 +835,13 @@ def _dw_intrinsic(npix, masked, doc):
     return tile
 
 
-_DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU,
-ReLU6, SiLU: a run-time code)::
+# The activations a depthwise tile applies: ReLU, ReLU6.  Not SiLU: a tile's few sums are
+# too few independent exp chains to hide their latency, so depthwise.depthwise_row applies
+# SiLU to the finished row instead (and the tiles compile without four copies of it).
+DW_ACTIVATIONS = ACTIVATIONS_IR[1:3]
+
+_DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU or
+ReLU6: a run-time code; any other leaves the sums as they are, see DW_ACTIVATIONS)::
 
     dst.flat[d_off + q*c + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
                                      w.flat[w_off + (a*kw + b)*c + ch]

@@ -143,7 +143,7 @@ def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
 
 @pytest.mark.parametrize("n,h,w,cin,k,stride,dil", [
     (1, 17, 13, 3, 3, 2, 1), (2, 9, 10, 3, 3, 1, 1), (2, 8, 7, 4, 3, 2, 1),
-    (1, 7, 9, 1, 5, 1, 1), (1, 12, 11, 3, 3, 1, 2)])
+    (1, 7, 9, 1, 2, 1, 1), (1, 12, 11, 3, 1, 1, 1)])
 def test_conv_reads_an_nchw_input_in_place(n, h, w, cin, k, stride, dil):
     """The stem reads the model's NCHW input itself (RGB and other channel counts)."""
     from tinymvit.kernels.program import Arena, run_ops
@@ -161,6 +161,22 @@ def test_conv_reads_an_nchw_input_in_place(n, h, w, cin, k, stride, dil):
     got = run_ops([op], A.build(), W.build(), 2)[oo:oo + n * ho * wo * 20]
     ref = conv.conv2d_reference(x, wt, b, stride, dil, top, left, ACT_RELU6, (ho, wo))
     assert rel_err(got.reshape(ref.shape), ref) < TOL
+
+
+@pytest.mark.parametrize("k,dil,in_place", [(3, 1, True), (1, 1, True), (5, 1, False),
+                                             (3, 2, False)])
+def test_only_a_staged_stem_reads_the_nchw_input(k, dil, in_place):
+    """A stem that would be a direct conv (taller than TAP_ROWS, dilated) keeps the layout
+    change before it; a staged one reads the model input itself."""
+    from tinymvit.graph import Conv, ToNHWC, read_input_in_place
+    rng = np.random.default_rng(k)
+    nodes = [ToNHWC("to_nhwc", ("pixel_values",), "x"),
+             Conv("stem", ("x",), "y", "full", randn(rng, (8, 3, k, k)), randn(rng, (8,)),
+                  k, 2, dil, "symmetric", ACT_RELU6)]
+    out = read_input_in_place(nodes, keep=set())
+    assert [type(node).__name__ for node in out] == (["Conv"] if in_place
+                                                      else ["ToNHWC", "Conv"])
+    assert out[-1].nchw_input == in_place
 
 
 def test_conv2d_1x1_equals_pointwise():
@@ -320,6 +336,8 @@ def test_padding_helpers_match_torch_and_transformers():
     ((1, 32, 32, 96), 5, 1, True),       # taller than TAP_ROWS
     ((1, 9, 700, 48), 3, 1, True),       # a ring too big to stage
     ((1, 32, 32, 3), 3, 1, False),       # the stem
+    ((1, 32, 32, 8), 3, 2, True),        # few channels, dilated
+    ((1, 32, 32, 8), 5, 1, True),        # few channels, taller than TAP_ROWS
 ])
 def test_conv_chooses_staged_rows_where_taps_sum_in_registers(shape, k, dil, direct):
     n, h, w, cin = shape
@@ -329,3 +347,8 @@ def test_conv_chooses_staged_rows_where_taps_sum_in_registers(shape, k, dil, dir
     op = conv.conv_op(0, shape, 0, (n, ho, wo, 16), wp, 0, 0, 1, dil, pads[0], pads[0],
                       ACT_NONE)
     assert bool(op.fields[conv.CONV_FIELDS.index("direct")]) == direct
+    assert op.kind == ("conv_direct" if direct else "conv")     # a job of its own
+    if not conv.stages_in_registers(k, dil):     # the NCHW model input: staged convs only
+        with pytest.raises(ValueError, match="NCHW model input"):
+            conv.conv_op(0, shape, 0, (n, ho, wo, 16), wp, 0, 0, 1, dil, pads[0], pads[0],
+                         ACT_NONE, nchw=True)

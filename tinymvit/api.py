@@ -107,6 +107,8 @@ class Model:
                 f"is folded in ({exc}); its weights or BatchNorm statistics are out of range - "
                 f"the checkpoint is damaged") from None
         self.graph = builder.build(outputs)
+        if self.task == "segmentation":        # segment() resizes the logits to the image
+            self.graph.post_kernels = ("resize",)
         self.id2label = dict(self.config.id2label)
         self._min_size = None
         self._activation_cache = {}

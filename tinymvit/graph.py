@@ -321,6 +321,7 @@ def read_input_in_place(nodes, keep):
     to_nhwc, stem = nodes[0], nodes[1]
     readers = [n for n in nodes if to_nhwc.output in n.inputs]
     if (readers == [stem] and isinstance(stem, Conv) and stem.kind == "full"
+            and conv.stages_in_registers(stem.k, stem.dilation)
             and stem.inputs == (to_nhwc.output,) and to_nhwc.output not in keep):
         stem.inputs, stem.nchw_input = to_nhwc.inputs, True
         return nodes[1:]
@@ -615,7 +616,7 @@ class Plan:
             for name in dead - keep - {graph.input}:
                 free.append(owner[name])
         self.program = program.table(ops)
-        self.jobs = program.job_addresses(ops)
+        self.jobs = program.job_addresses(ops, graph.post_kernels)
         self.steps = _merged([s for _, steps in self.node_steps for s in steps])
         self.arena = program.aligned_floats(self.size)         # cache-line aligned
 
@@ -650,6 +651,7 @@ class Graph:
 
     MAX_CACHED_SHAPES = 4  # plans (and their buffers) kept for this many recent input shapes
     unused = ()            # UnusedLayers: counted by summaries, never run (set by the builder)
+    post_kernels = ()      # kernel kinds the model's post-processing runs (set by the Model)
 
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
