@@ -805,6 +805,13 @@ def _dw_codegen(npix, masked):
         is_3x3 = builder.and_(builder.and_(builder.icmp_signed("==", kh, const(3)),
                                            builder.icmp_signed("==", kw, const(3))),
                               builder.icmp_signed("==", d, const(1)))
+        if npix == 1:              # one pixel reads the same columns at any stride: one copy
+            with builder.if_else(is_3x3) as (three, rest):
+                with three:
+                    over_channels(unrolled_3x3(1))
+                with rest:
+                    over_channels(generic)
+            return context.get_dummy_value()
         with builder.if_else(builder.and_(is_3x3, builder.icmp_signed("==", s, const(1)))) \
                 as (stride1, other):
             with stride1:
