@@ -130,8 +130,6 @@ DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in 
 STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
 
 
-
-
 def stages_in_registers(kh, dilation):
     """Whether a conv can be staged: undilated and at most TAP_ROWS rows, so that a register
     tile sums every tap row (``simd.gemm_taps_out``).  The others are direct."""
