@@ -241,8 +241,9 @@ EXP_POLY = (0.0013814608100801706, 0.008368710055947304, 0.04166838899254799,
 _ROUNDER = 12582912.0    # 1.5 * 2**23: t + it is rounded to an integer, in t's low mantissa bits
 
 
-def _exp(builder, x):
-    """exp of every lane, to ~1 ulp, clamped to float32's range [-87.3, 88]:
+def _exp(builder, x, upper=True):
+    """exp of every lane, to ~1 ulp, clamped to float32's range [-87.3, 88] (``upper``
+    False: lanes known to be <= 0, e.g. softmax's x - max, are not clamped above):
 
     * x = n*ln2 + r with n = round(x / ln2) and |r| <= ln2/2 -- n comes out of one FMA,
       x/ln2 + 1.5 * 2**23, whose float32 rounding leaves the integer n in the low
@@ -251,7 +252,9 @@ def _exp(builder, x):
     * 2**n from n's bits shifted into the float32 exponent field.
 
     NaN stays NaN.  Used by SiLU in the register tiles and by softmax (:func:`vexp`)."""
-    x = _min(builder, _max(builder, x, _vconst(-87.3)), _vconst(88.0))
+    x = _max(builder, x, _vconst(-87.3))
+    if upper:
+        x = _min(builder, x, _vconst(88.0))
     t = _fma(builder, x, _vconst(1.44269504), _vconst(_ROUNDER))   # bits: ROUNDER's + n
     n = builder.fsub(t, _vconst(_ROUNDER))
     r = _fma(builder, n, _vconst(-0.693359375), x)                   # x - n*ln2, in 2 parts
@@ -437,6 +440,18 @@ def vexp(typingctx, x):
 
     def codegen(context, builder, sig, args):
         return _exp(builder, args[0])
+    return VECTOR(x), codegen
+
+
+@intrinsic
+def vexp_nonpositive(typingctx, x):
+    """exp of every lane for lanes <= 0 (softmax's s - max), one instruction less than
+    :func:`vexp`: a positive lane is not clamped (garbage for x > 88)."""
+    if x != VECTOR:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _exp(builder, args[0], upper=False)
     return VECTOR(x), codegen
 
 

@@ -171,6 +171,19 @@ def test_multi_head_attention_matches_reference(S, N, h, heads, scale):
         assert_close(out, qkv[..., 2 * h:])
 
 
+def test_multi_head_attention_with_every_score_far_below_zero():
+    """Scores all < -100: exp(s - max) is fine, while the masked lanes of a row's tail would
+    be exp(0 - max) > exp(88) -- outside vexp_nonpositive's domain, and never used."""
+    rng = np.random.default_rng(5)
+    S, N, h, heads = 1, 13, 32, 2                    # 13 tokens: a partial vector per row
+    qkv = randn(rng, (S, N, 3 * h))
+    qkv[..., :h] = np.abs(qkv[..., :h]) + 5          # q > 0
+    qkv[..., h:2 * h] = -np.abs(qkv[..., h:2 * h]) - 5   # k < 0: every q.k/4 < -100
+    want = multi_head_attention_reference(qkv, heads)
+    out = np.full((S, N, h), np.nan, np.float32)
+    assert_close(multi_head_attention(qkv, heads, out), want)
+
+
 def test_multi_head_attention_rejects_bad_heads():
     qkv = np.zeros((1, 4, 30), np.float32)
     with pytest.raises(KernelArgumentError):
