@@ -8,13 +8,19 @@ from tinymvit.kernels import lazy
 lazy.materialize()      # the kernels' helpers become Numba functions (they are called below)
 from tinymvit.kernels.activations import (ACT_NONE, ACT_RELU6, ACT_SILU, SUPPORTED,  # noqa: E402
                                           act_code, activation, activation_reference)
-from tinymvit.kernels.simd import VEC, vexp, vload, vstore  # noqa: E402
+from tinymvit.kernels.simd import VEC, vexp, vexp_nonpositive, vload, vstore  # noqa: E402
 
 
 @njit(fastmath={"contract", "reassoc"}, error_model="numpy")
 def _exp_all(x, out):
     for i in range(0, x.shape[0], VEC):
         vstore(out, i, vexp(vload(x, i)))
+
+
+@njit(fastmath={"contract", "reassoc"}, error_model="numpy")
+def _exp_nonpositive_all(x, out):
+    for i in range(0, x.shape[0], VEC):
+        vstore(out, i, vexp_nonpositive(vload(x, i)))
 
 
 def _exp(x):
@@ -38,6 +44,19 @@ def test_silu_is_accurate_to_float32_rounding():
     got = activation(x.copy(), ACT_SILU).astype(np.float64)
     want = x.astype(np.float64) / (1 + np.exp(-x.astype(np.float64)))
     assert np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-3)) < 1.8e-7
+
+
+def test_vexp_nonpositive_equals_vexp_where_it_is_defined():
+    """Softmax's exp (x <= 0, no clamp above): the same bits as vexp, ~1 ulp, NaN stays NaN."""
+    x = np.concatenate([[np.nan, -np.inf], np.linspace(-100.0, 0.0, 2_000_000)])
+    x = np.concatenate([x, np.zeros(-len(x) % VEC)]).astype(np.float32)
+    got = np.empty_like(x)
+    _exp_nonpositive_all(x, got)
+    np.testing.assert_array_equal(got, _exp(x))           # NaN == NaN for assert_array_equal
+    inside = x >= -87.0
+    want = np.exp(x[inside].astype(np.float64))
+    assert np.max(np.abs(got[inside] - want) / want) < 1.2e-7
+    assert np.isnan(got[0]) and got[-1] == 1.0
 
 
 def test_vexp_clamps_instead_of_overflowing():
