@@ -35,8 +35,8 @@ import numpy as np
 from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_activation,
                         pack_panels, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, TAP_ROWS, TILE, copy_floats, gemm_taps_out, gemm_tile, stack_buffer,
-                   stack_buffer_i64, zero_floats)
+from .simd import (MR, NR, TAP_ROWS, TILE, VEC, copy_floats, gemm_taps_out, gemm_tile,
+                   interleave3, stack_buffer, stack_buffer_i64, zero_floats)
 from .workers import default_threads
 
 
@@ -175,8 +175,12 @@ def _staged_rows(A, W, p, j, worker):
             if nchw:                                   # pixel by pixel: one write stream
                 src = x_off + (n * cin * h + nxt) * w_in
                 plane = h * w_in
-                if cin == 3:                           # RGB: an interleaving LLVM vectorises
-                    for x in range(w_in):
+                if cin == 3:                           # RGB: VEC pixels per shuffle
+                    x = 0
+                    while x + VEC <= w_in:
+                        interleave3(A, r + 3 * x, A, src + x, plane)
+                        x += VEC
+                    for x in range(x, w_in):
                         A[r + 3 * x] = A[src + x]
                         A[r + 3 * x + 1] = A[src + plane + x]
                         A[r + 3 * x + 2] = A[src + 2 * plane + x]

@@ -886,6 +886,34 @@ dw_pixel_n = _dw_intrinsic(1, True, _DW_DOC.format(
 
 # ---------------------------------------------------------------- block copies
 @intrinsic
+def interleave3(typingctx, dst, d_off, src, s_off, plane):
+    """VEC pixels of three planes interleaved, channels last (the RGB input of the stem)::
+
+        dst.flat[d_off + 3*x + c] = src.flat[s_off + c*plane + x]    for x < VEC, c < 3
+
+    Three vector loads, one shuffle of the 3 * VEC lanes, one 3 * VEC-float store (LLVM
+    does not vectorise the scalar loop: it cannot tell that dst and src do not overlap)."""
+    if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _ints(d_off, s_off, plane)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        d_p, s_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2))
+        d_off, s_off, plane = (_intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4))
+        s_p = builder.gep(s_p, [s_off])
+        r, g, b = (_load(builder, builder.gep(s_p, [builder.mul(plane, ir.Constant(
+            plane.type, c))])) for c in range(3))
+        lanes = lambda idx: ir.Constant(ir.VectorType(_I32, len(idx)), idx)  # noqa: E731
+        rg = builder.shuffle_vector(r, g, lanes(list(range(2 * VEC))))
+        b2 = builder.shuffle_vector(b, b, lanes(list(range(VEC)) * 2))
+        rgb = builder.shuffle_vector(rg, b2, lanes([c * VEC + x for x in range(VEC)
+                                                    for c in range(3)]))
+        out = builder.bitcast(builder.gep(d_p, [d_off]), rgb.type.as_pointer())
+        builder.store(rgb, out, align=4)
+        return context.get_dummy_value()
+    return types.void(dst, d_off, src, s_off, plane), codegen
+
+
+@intrinsic
 def copy_floats(typingctx, dst, d_off, src, s_off, n):
     """dst.flat[d_off : d_off + n] = src.flat[s_off : s_off + n] (a memmove)."""
     if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _ints(d_off, s_off, n)):

@@ -143,7 +143,8 @@ def test_conv2d_matches_reference(n, h, w, cin, cout, k, stride, dil, tf):
 
 @pytest.mark.parametrize("n,h,w,cin,k,stride,dil", [
     (1, 17, 13, 3, 3, 2, 1), (2, 9, 10, 3, 3, 1, 1), (2, 8, 7, 4, 3, 2, 1),
-    (1, 7, 9, 1, 2, 1, 1), (1, 12, 11, 3, 1, 1, 1)])
+    (1, 7, 9, 1, 2, 1, 1), (1, 12, 11, 3, 1, 1, 1),
+    (1, 6, 37, 3, 3, 2, 1)])    # RGB rows of whole vectors + a tail, with 8 and 16 lanes
 def test_conv_reads_an_nchw_input_in_place(n, h, w, cin, k, stride, dil):
     """The stem reads the model's NCHW input itself (RGB and other channel counts)."""
     from tinymvit.kernels.program import Arena, run_ops
