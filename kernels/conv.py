@@ -124,8 +124,7 @@ def unpack_conv_weight(wp):
 # fields of a "conv" / "conv_direct" op row, after [code, jobs]; mc: output rows per job, pg:
 # panels per job
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
-               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "direct",
-               "nchw")
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "nchw")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in place
 STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
 
@@ -154,7 +153,7 @@ def _staged_rows(A, W, p, j, worker):
     x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
-    pad_t, pad_l, mc, nchw = p[18], p[19], p[20], p[23] != 0
+    pad_t, pad_l, mc, nchw = p[18], p[19], p[20], p[22] != 0
     bands = (ho + mc - 1) // mc
     n = j // bands
     i_lo = (j - n * bands) * mc
@@ -330,13 +329,13 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         pg = -(-panels // groups)
         return Op("conv_direct", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
-                   stride, dilation, pad_top, pad_left, band, pg, True, False))
+                   stride, dilation, pad_top, pad_left, band, pg, False))
     # staged: bands of output rows, each job staging the rows its band reads
     per_img = 1 if threads == 1 else min(ho, -(-4 * threads // n))
     mc = -(-ho // per_img)
     return Op("conv", n * -(-ho // mc), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw,
                                          w_off, b_off, act, stride, dilation, pad_top, pad_left,
-                                         mc, panels, False, nchw), scratch=ring)
+                                         mc, panels, nchw), scratch=ring)
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):
