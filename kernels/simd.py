@@ -251,7 +251,8 @@ def _exp(builder, x, upper=True):
     * exp(r) by the polynomial EXP_POLY in Horner form (6 FMAs);
     * 2**n from n's bits shifted into the float32 exponent field.
 
-    NaN stays NaN.  Used by SiLU in the register tiles and by softmax (:func:`vexp`)."""
+    NaN stays NaN.  Used by SiLU (:func:`_silu`) and by softmax (:func:`vexp_nonpositive`);
+    :func:`vexp` is the general form."""
     x = _max(builder, x, _vconst(-87.3))
     if upper:
         x = _min(builder, x, _vconst(88.0))
@@ -738,8 +739,7 @@ def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_bas
             _intp(context, builder, args[i], sig.args[i]) for i in (1, 3, 4, 5, 6, 8, 9))
         const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
         row = [builder.gep(a_p, [a_base])]
-        sums = _tile_products(builder, row, builder.gep(w_p, [w_base]), kn,
-                                   [_vconst(0.0)] * NV)
+        sums = _tile_products(builder, row, builder.gep(w_p, [w_base]), kn, [_vconst(0.0)] * NV)
         b_p, out_p = builder.gep(w_p, [b_base]), builder.gep(out_p, [o_base])
         masks = [_lane_mask(builder, builder.sub(ncols, const(j * VEC))) for j in range(NV)]
         vals = _activations(builder, [builder.fadd(sums[j], _load(builder, builder.gep(
