@@ -15,8 +15,9 @@ The N x N attention matrix is never stored: a parallel job takes one (sequence,
 head) and runs both products on the GEMM register tile (``simd.gemm_tile_out``,
 which stores straight into its destination), QB = 3 * MR queries at a time:
 
-* K, pre-scaled by 1/sqrt(hd), is packed once as panels of NR keys, and V as panels
-  of NR head dimensions (like weights; zeros past hd);
+* K, pre-scaled by 1/sqrt(hd), is packed once as panels of NR keys (transposed a
+  VEC x VEC block at a time in registers), and V as panels of NR head dimensions (like
+  weights; zeros past hd);
 * scores of QB queries: S = Q K^T, MR queries x NR keys per tile, into a (QB, N)
   block that stays in L1;
 * each row of S becomes exp(s - max), in place (vectorised), and its 1 / sum is kept;
@@ -29,8 +30,8 @@ import math
 import numpy as np
 
 from .policy import arenas, check, check_array, helper, job, scratch
-from .simd import (MR, NR, VEC, gemm_tile_out, vadd, vexp_nonpositive, vhmax, vload, vload_n,
-                   vmax, vmul, vsplat, vstore, vstore_n, vsub, vsum, zero_floats)
+from .simd import (MR, NR, VEC, gemm_tile_out, transpose_block, vadd, vexp_nonpositive, vhmax,
+                   vload, vload_n, vmax, vmul, vsplat, vstore, vstore_n, vsub, vsum, zero_floats)
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -103,6 +104,40 @@ def _scale_row(A, off, n, f):
         vstore_n(A, off + m, vmul(vload_n(A, off + m, n - m), v), n - m)
 
 
+@helper
+def _pack_keys(A, kp, k0, ld, N, hd, scale):
+    """K (N keys, hd floats each, ld apart), times ``scale``, as panels of NR keys: (n_pad/NR,
+    hd, NR), the B operand of Q K^T (zeros past the last key).  Transposed VEC x VEC blocks
+    at a time in registers (``simd.transpose_block``)."""
+    for pk in range((N + NR - 1) // NR):
+        panel = kp + pk * hd * NR
+        for c0 in range(0, NR, VEC):
+            m0 = pk * NR + c0
+            rows = max(0, min(VEC, N - m0))
+            for t0 in range(0, hd, VEC):
+                transpose_block(A, panel + t0 * NR + c0, NR, A, k0 + m0 * ld + t0, ld, rows,
+                                min(VEC, hd - t0), scale)
+
+
+@helper
+def _pack_values(A, vp, v0, ld, N, hd):
+    """V (N tokens, hd floats each, ld apart) as panels of NR head dimensions: (ceil(hd/NR),
+    N, NR), the B operand of E V (zeros past hd)."""
+    zero = vsplat(np.float32(0.0))
+    for m in range(N):
+        src = v0 + m * ld
+        for pd in range((hd + NR - 1) // NR):
+            dst = vp + (pd * N + m) * NR
+            for c0 in range(0, NR, VEC):
+                t = pd * NR + c0
+                if t + VEC <= hd:
+                    vstore(A, dst + c0, vload(A, src + t))
+                elif t < hd:
+                    vstore(A, dst + c0, vload_n(A, src + t, hd - t))
+                else:
+                    vstore(A, dst + c0, zero)
+
+
 @job
 def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     """Job = (sequence s, head j): all N queries of that head."""
@@ -124,15 +159,8 @@ def mha_job(pa, a_size, pw, w_size, pp, job, worker):
     zeros = sc + QB * n_pad                           # NR zeros: the products' "bias"
     zero_floats(A, zeros, NR)
     inv = zeros + NR                                  # 1 / sum per query of the block
-    for m in range(n_pad):                            # pack K (scaled) and V
-        panel = kp + (m // NR) * hd * NR + m % NR
-        for t in range(hd):
-            A[panel + t * NR] = A[k0 + m * ld + t] * scale if m < N else np.float32(0.0)
-    for pd in range(d_panels):
-        for m in range(N):
-            for c in range(NR):
-                t = pd * NR + c
-                A[vp + (pd * N + m) * NR + c] = A[v0 + m * ld + t] if t < hd else np.float32(0)
+    _pack_keys(A, kp, k0, ld, N, hd, scale)
+    _pack_values(A, vp, v0, ld, N, hd)
     for qb in range(0, N, QB):
         nq = min(QB, N - qb)
         for i0 in range(0, nq, MR):                   # S = Q K^T, MR queries x NR keys

@@ -121,12 +121,16 @@ def unpack_conv_weight(wp):
 
 
 # ---------------------------------------------------------------- the kernel
-# fields of a "conv" / "conv_direct" op row, after [code, jobs]; mc: output rows per job, pg:
-# panels per job
+# fields of a "conv" / "conv_direct" op row, after [code, jobs].  Staged: ``a`` tiles per job,
+# ``b`` tiles per chunk, ``c`` slots of the ring; direct: ``a`` output rows per job, ``b``
+# panels per job (``c`` unused).
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
-               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "mc", "pg", "nchw")
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "a", "b", "c", "nchw")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in place
 STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
+CHUNK_RING_FLOATS = 32768   # a staged job's ring grows to this for longer chunks of tiles
+CHUNK_TILES = 96            # most tiles in a chunk
+CHUNK_PIXELS = CHUNK_TILES * MR   # where each of their pixels' tap rows start (gemm_taps_out)
 
 
 def stages_in_registers(kh, dilation):
@@ -142,37 +146,44 @@ def ring_width(w_in, wo, kw, stride, dil, pad_l):
 
 @helper
 def _staged_rows(A, W, p, j, worker):
-    """Job j of a staged conv op: a band of mc output rows of one image.
+    """Job j of a staged conv op: a run of tpj register tiles of one image's output pixels
+    (row-major: a tile runs on from the end of one output row into the next).
 
-    The input rows the band reads are staged, once each, into a ring of zero-padded
-    rows in the job's scratch space (channels last, whatever x's layout; a row of zeros
-    stands for rows outside the input).  Per output row, each register tile sums its
-    kh tap rows -- products of depth kw*Cin over pixel rows stride*Cin floats apart --
-    in registers and stores act(sum + bias) (``simd.gemm_taps_out``).  Only undilated
-    kernels of at most TAP_ROWS rows are staged (:func:`conv_op`)."""
+    The job goes through its pixels in chunks of at most ``chunk`` tiles.  The input rows a
+    chunk reads are staged in order into the job's scratch space: zero-padded rows,
+    channels last whatever x's layout, rows of zeros above and below the input.  Then a
+    pixel's tap row a lies a*dil rows below its first, kw*Cin consecutive floats, and panel
+    by panel each tile sums its pixels' kh tap rows in registers and stores act(sum + bias)
+    (``simd.gemm_taps_out``).  A panel's weights serve every tile of the chunk while they
+    are in cache.  Only undilated kernels of at most TAP_ROWS rows are staged
+    (:func:`conv_op`)."""
     x_off, _n_img, h, w_in, cin, o_off, ho, wo, cout = (p[2], p[3], p[4], p[5], p[6], p[7], p[8],
                                                        p[9], p[10])
     kh, kw, w_off, b_off, act, stride, dil = p[11], p[12], p[13], p[14], p[15], p[16], p[17]
-    pad_t, pad_l, mc, nchw = p[18], p[19], p[20], p[22] != 0
-    bands = (ho + mc - 1) // mc
-    n = j // bands
-    i_lo = (j - n * bands) * mc
-    i_hi = min(ho, i_lo + mc)
+    pad_t, pad_l, tpj, chunk, n_slots, nchw = p[18], p[19], p[20], p[21], p[22], p[23] != 0
+    npix = ho * wo
+    per_img = (npix + tpj * MR - 1) // (tpj * MR)      # jobs per image
+    n = j // per_img
+    q_lo = (j - n * per_img) * tpj * MR                 # this job's output pixels
+    q_hi = min(npix, q_lo + tpj * MR)
     kt = kh * kw * cin
     row_len = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1) * cin   # ring_width
-    n_slots = (kh - 1) * dil + stride
-    ring = scratch(p, worker)
-    zero_floats(A, ring, (n_slots + 1) * row_len)
-    zero_row = ring + n_slots * row_len
-    offs = stack_buffer_i64(TAP_ROWS)
-    nxt = max(0, i_lo * stride - pad_t)                # next input row to stage
-    for i in range(i_lo, i_hi):
-        ih0 = i * stride - pad_t
-        last = min(h - 1, ih0 + (kh - 1) * dil)
-        while nxt <= last:                             # stage the rows this one needs
-            r = ring + (nxt % n_slots) * row_len + pad_l * cin
-            if nchw:                                   # pixel by pixel: one write stream
-                src = x_off + (n * cin * h + nxt) * w_in
+    sc = stride * cin                                   # from one output pixel to the next
+    rows = scratch(p, worker)
+    zero_floats(A, rows, n_slots * row_len)             # the side padding stays zero
+    bases = stack_buffer_i64(CHUNK_PIXELS)
+    o_img = o_off + n * npix * cout
+    for c_lo in range(q_lo, q_hi, chunk * MR):
+        c_hi = min(q_hi, c_lo + chunk * MR)
+        i_lo = c_lo // wo
+        ih_lo = i_lo * stride - pad_t                   # the input rows it reads
+        ih_hi = ((c_hi - 1) // wo) * stride - pad_t + (kh - 1) * dil
+        for ih in range(ih_lo, ih_hi + 1):
+            r = rows + (ih - ih_lo) * row_len + pad_l * cin
+            if ih < 0 or ih >= h:
+                zero_floats(A, r, w_in * cin)
+            elif nchw:                                 # pixel by pixel: one write stream
+                src = x_off + (n * cin * h + ih) * w_in
                 plane = h * w_in
                 if cin == 3:                           # RGB: VEC pixels per shuffle
                     x = 0
@@ -188,21 +199,22 @@ def _staged_rows(A, W, p, j, worker):
                         for ch in range(cin):
                             A[r + x * cin + ch] = A[src + ch * plane + x]
             else:
-                copy_floats(A, r, A, x_off + (n * h + nxt) * w_in * cin, w_in * cin)
-            nxt += 1
-        for a in range(kh):
-            ih = ih0 + a * dil
-            offs[a] = ring + (ih % n_slots) * row_len if 0 <= ih < h else zero_row
-        o_row = o_off + (n * ho + i) * wo * cout
+                copy_floats(A, r, A, x_off + (n * h + ih) * w_in * cin, w_in * cin)
+        q = c_lo                                       # where each pixel's first tap row
+        while q < c_hi:                                # starts, a run of them per output row
+            i = q // wo
+            run = min(wo * (i + 1), c_hi) - q
+            start = rows + (i - i_lo) * stride * row_len + (q - i * wo) * sc - (q - c_lo) * sc
+            for t in range(q - c_lo, q - c_lo + run):
+                bases[t] = start + t * sc
+            q += run
         for pp in range((cout + NR - 1) // NR):
             n0 = pp * NR
             panel = w_off + pp * kt * NR
-            for j0 in range(0, wo, MR):
-                rows = min(MR, wo - j0)
-                x = j0 * stride * cin                  # every tap row in the same registers
-                gemm_taps_out(A, offs[0] + x, offs[min(1, kh - 1)] + x, offs[min(2, kh - 1)] + x,
-                              kh, stride * cin, rows, W, panel, kw * cin, b_off + n0,
-                              min(NR, cout - n0), A, o_row + j0 * cout + n0, cout, act)
+            for t0 in range(c_lo, c_hi, MR):
+                gemm_taps_out(A, bases, t0 - c_lo, dil * row_len, kh, min(MR, c_hi - t0), W,
+                              panel, kw * cin, b_off + n0, min(NR, cout - n0), A,
+                              o_img + t0 * cout + n0, cout, act)
 
 
 @helper
@@ -313,13 +325,13 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     panels = wp.panels.shape[0]
     from .program import Op
     width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
-    ring = ((wp.kh - 1) * dilation + stride + 1) * width * cin
     in_registers = stages_in_registers(wp.kh, dilation)
     check(in_registers or not nchw, f"a conv reading the NCHW model input must be undilated and "
                                     f"at most {TAP_ROWS} rows tall, not {wp.kh} (dilation "
                                     f"{dilation})")
+    row_ring = ring_floats(1, wo, wp.kh, stride, dilation, width * cin)   # one tile's ring
     if not nchw and (not in_registers
-                     or (cin >= DIRECT_MIN_CHANNELS and ring > STAGED_RING_FLOATS)):
+                     or (cin >= DIRECT_MIN_CHANNELS and row_ring > STAGED_RING_FLOATS)):
         # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
         # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
         band = max(1, min(ho, 65536 // max(1, w * cin)))
@@ -329,13 +341,34 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         pg = -(-panels // groups)
         return Op("conv_direct", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
-                   stride, dilation, pad_top, pad_left, band, pg, False))
-    # staged: bands of output rows, each job staging the rows its band reads
-    per_img = 1 if threads == 1 else min(ho, -(-4 * threads // n))
-    mc = -(-ho // per_img)
-    return Op("conv", n * -(-ho // mc), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw,
-                                         w_off, b_off, act, stride, dilation, pad_top, pad_left,
-                                         mc, panels, nchw), scratch=ring)
+                   stride, dilation, pad_top, pad_left, band, pg, 0, False))
+    # staged: runs of tiles of output pixels, each job staging the input rows they read, a
+    # chunk of tiles at a time -- as many as keep the ring within CHUNK_RING_FLOATS
+    tiles = max(1, -(-ho * wo // MR))                      # per image
+    per_img = 1 if threads == 1 else min(tiles, -(-4 * threads // n))
+    tpj = -(-tiles // per_img)
+    chunk = min(tpj, CHUNK_TILES)
+    while chunk > 1 and ring_floats(chunk, wo, wp.kh, stride, dilation,
+                                    width * cin) > CHUNK_RING_FLOATS:
+        chunk -= 1
+    chunk = -(-tpj // -(-tpj // chunk))                    # equal chunks
+    slots = ring_slots(chunk, wo, wp.kh, stride, dilation)
+    return Op("conv", n * -(-tiles // tpj), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh,
+                                              wp.kw, w_off, b_off, act, stride, dilation,
+                                              pad_top, pad_left, tpj, chunk, slots, nchw),
+              scratch=slots * width * cin)
+
+
+def ring_slots(chunk, wo, kh, stride, dilation):
+    """Input rows a staged conv stages at once: all those that ``chunk`` tiles of output
+    pixels (MR * chunk consecutive ones, on as many rows of wo as they touch) read."""
+    out_rows = (chunk * MR + wo - 2) // wo + 1
+    return (out_rows - 1) * stride + (kh - 1) * dilation + 1
+
+
+def ring_floats(chunk, wo, kh, stride, dilation, row_floats):
+    """Floats of a staged conv's staged rows for chunks of ``chunk`` tiles."""
+    return ring_slots(chunk, wo, kh, stride, dilation) * row_floats
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):

@@ -26,7 +26,7 @@ This module gives the kernels explicit tools instead, all of them Numba
    columns with one vector per row (half the FMAs: 144 channels on AVX-512, a
    36-wide attention head) and a last block of at most MR/2 rows with MR/2 rows
    (49 pixels, 56-pixel image rows); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
-   separate segments of A (the tap rows of the stem convolution).
+   separate segments of A per tile row (the tap rows of a staged convolution).
 
 3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX neighbouring
    output pixels of one channel vector, their running sums in registers while the
@@ -480,7 +480,7 @@ vsum = _reduce(lambda b, x, y: b.fadd(x, y), "Sum of the lanes (pairwise), a flo
 vhmax = _reduce(lambda b, x, y: b.select(b.fcmp_ordered(">", y, x), y, x), "Largest lane.")
 
 
-def _stack_array(dtype_name, doc):
+def _stack_array(dtype_name, doc, align=64):
     @intrinsic
     def buffer(typingctx, size):
         if not isinstance(size, types.IntegerLiteral):
@@ -493,7 +493,7 @@ def _stack_array(dtype_name, doc):
             intp = types.intp
             item = context.get_abi_sizeof(context.get_value_type(dtype))
             ptr = cgutils.alloca_once(builder, context.get_value_type(dtype), size=n)
-            ptr.align = 64                           # a cache line: whole vectors in one line
+            ptr.align = align
             ary = context.make_array(arrty)(context, builder)
             context.populate_array(ary, data=ptr, shape=[context.get_constant(intp, n)],
                                    strides=[context.get_constant(intp, item)],
@@ -506,9 +506,12 @@ def _stack_array(dtype_name, doc):
 
 stack_buffer = _stack_array("float32", """An uninitialised float32 array of ``size`` (a
 compile-time constant) on the stack: no allocator call, and LLVM keeps it in registers where
-all its indices are constant.""")
+all its indices are constant.  Aligned to a cache line: whole vectors in one line.""")
 stack_buffer_f64 = _stack_array("float64", "stack_buffer for float64 values.")
-stack_buffer_i64 = _stack_array("int64", "stack_buffer for int64 values.")
+# int64 offsets need no more than their own alignment: a function with a buffer aligned
+# beyond the stack's 16 bytes realigns its stack and gives up a register (rbp) to do it --
+# one the 12 row pointers of an AVX-512 register tile then miss (gemm_taps_out)
+stack_buffer_i64 = _stack_array("int64", "stack_buffer for int64 values.", align=8)
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel
@@ -686,40 +689,50 @@ TAP_ROWS = 3       # most tap rows gemm_taps_out sums in registers
 
 
 @intrinsic
-def gemm_taps_out(typingctx, a, base0, base1, base2, n_taps, lda, rows, w, w_base, kn, b_base,
-                  ncols, out, o_base, ldo, act):
-    """gemm_tile_out over up to TAP_ROWS segments of A at unrelated places -- the tap rows
-    of a kxk convolution, each kn = kw*Cin floats deep -- summed in the same registers::
+def gemm_taps_out(typingctx, a, bases, b0, tap_step, n_taps, rows, w, w_base, kn, b_base, ncols,
+                  out, o_base, ldo, act):
+    """gemm_tile_out over up to TAP_ROWS segments of A per row, ``tap_step`` floats apart, each
+    row of the tile starting where it likes -- the tap rows of a kxk convolution's output
+    pixels, kn = kw*Cin floats deep -- summed in the same registers::
 
         out.flat[o_base + i*ldo + j] = act(w.flat[b_base + j] + sum_{t < n_taps} sum_{k < kn}
-                                           a.flat[base_t + i*lda + k]
+                                           a.flat[bases[b0 + i] + t*tap_step + k]
                                            * w.flat[w_base + (t*kn + k)*NR + j])
 
-    for i < rows (<= MR), j < ncols (<= NR); n_taps <= TAP_ROWS (the bases past it are not
-    read).  No partial sums go to memory between the tap rows.
+    for i < rows (<= MR), j < ncols (<= NR); n_taps <= TAP_ROWS.  ``bases`` (int64) holds
+    where each row of the tile starts: the rows need not be evenly spaced, so a tile may run
+    on from the end of one image row into the next (no half-empty tile at the end of each
+    row).  Rows past ``rows`` repeat the last one.  No partial sums go to memory between the
+    tap rows.
     """
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
-            and _ints(base0, base1, base2, n_taps, lda, rows, w_base, kn, b_base, ncols,
-                      o_base, ldo, act)):
+            and isinstance(bases, types.Array) and bases.dtype == types.int64
+            and _ints(b0, tap_step, n_taps, rows, w_base, kn, b_base, ncols, o_base, ldo, act)):
         return None
 
     def codegen(context, builder, sig, args):
-        a_p, w_p, out_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 7, 12))
-        (base0, base1, base2, n_taps, lda, rows, w_base, kn, b_base, ncols, o_base, ldo,
-         act) = (_intp(context, builder, args[i], sig.args[i])
-                 for i in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15))
+        a_p, bases_p, w_p, out_p = (_data(context, builder, sig.args[i], args[i])
+                                    for i in (0, 1, 6, 11))
+        (b0, tap_step, n_taps, rows, w_base, kn, b_base, ncols, o_base, ldo, act) = (
+            _intp(context, builder, args[i], sig.args[i])
+            for i in (2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14))
         const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
+        last = builder.sub(rows, const(1))
+        starts = [builder.gep(a_p, [builder.load(builder.gep(bases_p, [builder.add(
+            b0, builder.select(builder.icmp_signed("<", const(i), last), const(i), last))]))])
+            for i in range(MR)]
         accs = [_vconst(0.0)] * (MR * NV)
-        for t, base in enumerate((base0, base1, base2)):
+        for t in range(TAP_ROWS):
             depth = builder.select(builder.icmp_signed(">", n_taps, const(t)), kn, const(0))
+            step = builder.mul(const(t), tap_step)
             w_t = builder.gep(w_p, [builder.add(w_base, builder.mul(const(t * NR), kn))])
-            accs = _tile_products(builder, _tile_rows(builder, a_p, base, lda, rows), w_t,
-                                  depth, accs)
+            accs = _tile_products(builder, [builder.gep(s, [step]) for s in starts], w_t, depth,
+                                  accs)
         _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo, out_p,
                        o_base, rows, act, ir.Constant(ir.IntType(1), 0))
         return context.get_dummy_value()
-    return types.void(a, base0, base1, base2, n_taps, lda, rows, w, w_base, kn, b_base, ncols,
-                      out, o_base, ldo, act), codegen
+    return types.void(a, bases, b0, tap_step, n_taps, rows, w, w_base, kn, b_base, ncols, out,
+                      o_base, ldo, act), codegen
 
 
 @intrinsic
@@ -911,6 +924,51 @@ def interleave3(typingctx, dst, d_off, src, s_off, plane):
         builder.store(rgb, out, align=4)
         return context.get_dummy_value()
     return types.void(dst, d_off, src, s_off, plane), codegen
+
+
+@intrinsic
+def transpose_block(typingctx, dst, d_off, ldd, src, s_off, lds, rows, cols, scale):
+    """A block of up to VEC x VEC floats transposed (and scaled) in registers::
+
+        dst.flat[d_off + c*ldd + r] = scale * (src.flat[s_off + r*lds + c] if r < rows else 0)
+
+    for r < VEC, c < cols (<= VEC): ``rows`` rows of ``cols`` floats are read (lds apart),
+    ``cols`` rows of VEC floats written (ldd apart).  log2(VEC) rounds of interleaving
+    pairs of vectors (row i with row i + VEC/2) turn rows into columns: VEC/2 * log2(VEC)
+    shuffle pairs instead of VEC * VEC scalar stores (MobileViT's keys, packed once per
+    sequence and head as the B operand of Q K^T)."""
+    if not (_is_f32_c_array(dst) and _is_f32_c_array(src)
+            and _ints(d_off, ldd, s_off, lds, rows, cols) and isinstance(scale, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        d_p, s_p = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3))
+        d_off, ldd, s_off, lds, rows, cols = (_intp(context, builder, args[i], sig.args[i])
+                                              for i in (1, 2, 4, 5, 6, 7))
+        scale = context.cast(builder, args[8], sig.args[8], types.float32)
+        const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
+        lanes = lambda idx: ir.Constant(ir.VectorType(_I32, len(idx)), idx)  # noqa: E731
+        s_p, d_p = builder.gep(s_p, [s_off]), builder.gep(d_p, [d_off])
+        col_mask = _lane_mask(builder, cols)
+        off = ir.Constant(_MASK, [0] * VEC)
+        vecs = [_load(builder, builder.gep(s_p, [builder.mul(const(r), lds)]), builder.select(
+            builder.icmp_signed("<", const(r), rows), col_mask, off)) for r in range(VEC)]
+        half = VEC // 2
+        lo = lanes([i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
+        hi = lanes([half + i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
+        for _ in range(VEC.bit_length() - 1):       # log2(VEC) perfect shuffles
+            nxt = []
+            for i in range(half):
+                nxt += [builder.shuffle_vector(vecs[i], vecs[i + half], lo),
+                        builder.shuffle_vector(vecs[i], vecs[i + half], hi)]
+            vecs = nxt
+        factor = _splat(builder, scale)
+        for c in range(VEC):
+            with builder.if_then(builder.icmp_signed("<", const(c), cols)):
+                _store(builder, builder.fmul(vecs[c], factor),
+                       builder.gep(d_p, [builder.mul(const(c), ldd)]))
+        return context.get_dummy_value()
+    return types.void(dst, d_off, ldd, src, s_off, lds, rows, cols, scale), codegen
 
 
 @intrinsic

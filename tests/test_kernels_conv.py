@@ -164,6 +164,36 @@ def test_conv_reads_an_nchw_input_in_place(n, h, w, cin, k, stride, dil):
     assert rel_err(got.reshape(ref.shape), ref) < TOL
 
 
+@pytest.mark.parametrize("n,h,w,cin,stride,tf", [
+    (1, 8, 8, 40, 1, False),     # 8-pixel rows: register tiles run on into the next row
+    (2, 9, 3, 33, 1, True),      # rows narrower than a tile: one tile spans several rows
+    (1, 13, 11, 24, 2, True),    # stride 2, TF padding
+    (2, 6, 17, 8, 2, False)])
+@pytest.mark.parametrize("chunk_floats,threads", [(1, 1), (1, 3), (2000, 2), (1 << 20, 2)])
+def test_staged_conv_tiles_chunks_and_jobs(monkeypatch, n, h, w, cin, stride, tf,
+                                           chunk_floats, threads):
+    """A staged conv cuts each image's output pixels into runs of register tiles (a tile
+    may span rows), a run per job, staged chunk by chunk: any cut gives the reference."""
+    from tinymvit.kernels.program import Arena, run_ops
+    monkeypatch.setattr(conv, "CHUNK_RING_FLOATS", chunk_floats)     # 1: one tile per chunk
+    rng = np.random.default_rng(h * 10 + w + chunk_floats % 7 + threads)
+    x = randn(rng, (n, h, w, cin))                                      # (N, H, W, Cin)
+    wt, b = randn(rng, (21, cin, 3, 3), scale=0.2), randn(rng, (21,))
+    wp = conv.prepare_conv_weight(wt)
+    (top, _), (left, _) = pads_for(h, 3, stride, 1, tf), pads_for(w, 3, stride, 1, tf)
+    ho, wo = out_size(h, 3, stride, 1, tf), out_size(w, 3, stride, 1, tf)
+    A, W = Arena(), Arena()
+    xo, oo = A.add(x), A.add(size=n * ho * wo * 21)
+    op = conv.conv_op(xo, x.shape, oo, (n, ho, wo, 21), wp, W.add(wp.panels), W.add(b),
+                      stride, 1, top, left, ACT_SILU, threads=threads)
+    assert op.kind == "conv"
+    tpj, chunk = op.fields[18], op.fields[19]
+    assert 1 <= chunk <= tpj and chunk == {1: 1, 1 << 20: tpj}.get(chunk_floats, chunk)
+    got = run_ops([op], A.build(), W.build(), threads)[oo:oo + n * ho * wo * 21]
+    ref = conv.conv2d_reference(x, wt, b, stride, 1, top, left, ACT_SILU, (ho, wo))
+    assert rel_err(got.reshape(ref.shape), ref) < TOL
+
+
 @pytest.mark.parametrize("k,dil,in_place", [(3, 1, True), (1, 1, True), (5, 1, False),
                                              (3, 2, False)])
 def test_only_a_staged_stem_reads_the_nchw_input(k, dil, in_place):

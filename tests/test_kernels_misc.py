@@ -184,6 +184,31 @@ def test_multi_head_attention_with_every_score_far_below_zero():
     assert_close(multi_head_attention(qkv, heads, out), want)
 
 
+@pytest.mark.parametrize("rows,cols", [(8, 8), (16, 16), (5, 3), (0, 7), (1, 1), (16, 4)])
+def test_transpose_block_turns_rows_into_scaled_columns(rows, cols):
+    """simd.transpose_block (MobileViT's key packing): rows past ``rows`` read as zeros,
+    only ``cols`` output rows are written."""
+    from numba import njit
+    from tinymvit.kernels import lazy
+    lazy.materialize()
+    from tinymvit.kernels.simd import VEC, transpose_block
+    rows, cols = min(rows, VEC), min(cols, VEC)
+
+    @njit
+    def run(dst, src, rows, cols):
+        transpose_block(dst, 3, VEC + 5, src, 2, 11 + VEC, rows, cols, np.float32(0.5))
+
+    rng = np.random.default_rng(rows * 17 + cols)
+    src = randn(rng, (2 + VEC * (11 + VEC),))
+    dst = np.full(3 + VEC * (VEC + 5), np.nan, np.float32)
+    run(dst, src, rows, cols)
+    block = src[2:2 + VEC * (11 + VEC)].reshape(VEC, 11 + VEC)[:, :cols].copy()   # (VEC, cols)
+    block[rows:] = 0
+    got = dst[3:3 + VEC * (VEC + 5)].reshape(VEC, VEC + 5)
+    assert_array_equal(got[:cols, :VEC], 0.5 * block.T)
+    assert np.isnan(got[cols:, :VEC]).all() and np.isnan(got[:, VEC:]).all()   # nothing else
+
+
 def test_multi_head_attention_rejects_bad_heads():
     qkv = np.zeros((1, 4, 30), np.float32)
     with pytest.raises(KernelArgumentError):
