@@ -765,21 +765,25 @@ def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_bas
 
 # ---------------------------------------------------------------- the depthwise micro-kernel
 def _dw_codegen(npix, masked):
-    """IR of a depthwise tile of ``npix`` pixels: full vectors for channels [c_lo, c_hi), or
-    one masked vector of c_hi - c_lo lanes at c_lo.  The 3x3 kernels at stride 1 and 2
-    (nearly all of them) get unrolled copies in which neighbouring pixels share the loads
-    of the input columns they both read (6 instead of 12 per tap row at stride 1)."""
+    """IR of a depthwise tile of ``npix`` pixels, ``step`` pixels apart: full vectors for
+    channels [c_lo, c_hi), or one masked vector of c_hi - c_lo lanes at c_lo.  The 3x3
+    kernels (nearly all of them) get unrolled copies in which the tile's pixels share the
+    loads of the input columns they both read: at stride 1 with pixels d apart (d the
+    dilation: 1, or DeepLab's 2 and 4), pixel q's taps read columns (q + b)*d, so 4 pixels
+    read 6 columns per tap row instead of 12; at stride 2 (undilated) 9 instead of 12."""
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
-                                     for i in (0, 2, 3, 5))
-        d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
+                                     for i in (0, 2, 3, 6))
+        d_off, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
             _intp(context, builder, args[i], sig.args[i])
-            for i in (1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+            for i in (1, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
         b_p = builder.gep(w_p, [b_off])
         dst_p, w_p = builder.gep(dst_p, [d_off]), builder.gep(w_p, [w_off])
-        sc, dc, x0 = builder.mul(s, c), builder.mul(d, c), builder.mul(col, c)
+        dc, x0 = builder.mul(d, c), builder.mul(col, c)
+        out_step = builder.mul(step, c)               # from one of the tile's pixels to the next
+        in_step = builder.mul(s, out_step)            # ... and their first taps
 
         def row_pointers(a, c0):
             x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
@@ -788,8 +792,8 @@ def _dw_codegen(npix, masked):
 
         def store(accs, c0):                         # with the activation, in registers
             for q, acc in enumerate(_activations(builder, accs, act, DW_ACTIVATIONS)):
-                _store(builder, acc, builder.gep(dst_p, [builder.add(builder.mul(const(q), c),
-                                                                     c0)]), mask)
+                _store(builder, acc, builder.gep(dst_p, [builder.add(
+                    builder.mul(const(q), out_step), c0)]), mask)
 
         def generic(c0, _):
             def tap_row(a, accs):
@@ -799,14 +803,15 @@ def _dw_codegen(npix, masked):
                     wv = _load(builder, builder.gep(w_row, [builder.mul(b, c)]), mask)
                     x_tap = builder.gep(x_row, [builder.mul(b, dc)])
                     return [_fma(builder, wv, _load(builder, builder.gep(
-                        x_tap, [builder.mul(const(q), sc)]), mask), accs[q])
+                        x_tap, [builder.mul(const(q), in_step)]), mask), accs[q])
                         for q in range(npix)]
                 return _loop(builder, const(0), kw, const(1), accs, tap, "dw.b")
             bias = _load(builder, builder.gep(b_p, [c0]), mask)
             store(_loop(builder, const(0), kh, const(1), [bias] * npix, tap_row, "dw.a"), c0)
             return []
 
-        def unrolled_3x3(stride):
+        def unrolled_3x3(stride, unit):
+            """Pixel q's tap b reads input column q*stride + b, in units of ``unit`` floats."""
             def body(c0, _):
                 accs = [_load(builder, builder.gep(b_p, [c0]), mask)] * npix
                 for a in range(3):
@@ -818,7 +823,7 @@ def _dw_codegen(npix, masked):
                             k = q * stride + b
                             if k not in columns:
                                 columns[k] = _load(builder, builder.gep(
-                                    x_row, [builder.mul(const(k), c)]), mask)
+                                    x_row, [builder.mul(const(k), unit)]), mask)
                             accs[q] = _fma(builder, wv, columns[k], accs[q])
                 store(accs, c0)
                 return []
@@ -830,25 +835,26 @@ def _dw_codegen(npix, masked):
             else:
                 _loop(builder, c_lo, c_hi, const(VEC), [], body, "dw.c")
 
-        is_3x3 = builder.and_(builder.and_(builder.icmp_signed("==", kh, const(3)),
-                                           builder.icmp_signed("==", kw, const(3))),
-                              builder.icmp_signed("==", d, const(1)))
-        if npix == 1:              # one pixel reads the same columns at any stride: one copy
+        eq = lambda a, b: builder.icmp_signed("==", a, b)  # noqa: E731
+        is_3x3 = builder.and_(eq(kh, const(3)), eq(kw, const(3)))
+        if npix == 1:              # one pixel reads columns b*d at any stride: one copy
             with builder.if_else(is_3x3) as (three, rest):
                 with three:
-                    over_channels(unrolled_3x3(1))
+                    over_channels(unrolled_3x3(1, dc))
                 with rest:
                     over_channels(generic)
             return context.get_dummy_value()
-        with builder.if_else(builder.and_(is_3x3, builder.icmp_signed("==", s, const(1)))) \
+        with builder.if_else(builder.and_(is_3x3, builder.and_(eq(s, const(1)), eq(step, d)))) \
                 as (stride1, other):
-            with stride1:
-                over_channels(unrolled_3x3(1))
+            with stride1:                            # columns (q + b)*d
+                over_channels(unrolled_3x3(1, dc))
             with other:
-                with builder.if_else(builder.and_(is_3x3, builder.icmp_signed("==", s, const(2)))) \
+                with builder.if_else(builder.and_(builder.and_(is_3x3, eq(s, const(2))),
+                                                  builder.and_(eq(d, const(1)),
+                                                               eq(step, const(1))))) \
                         as (stride2, rest):
-                    with stride2:
-                        over_channels(unrolled_3x3(2))
+                    with stride2:                    # columns 2q + b
+                        over_channels(unrolled_3x3(2, c))
                     with rest:
                         over_channels(generic)
         return context.get_dummy_value()
@@ -857,15 +863,15 @@ def _dw_codegen(npix, masked):
 
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
-    def tile(typingctx, dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi, s,
-             d, act):
+    def tile(typingctx, dst, d_off, src, offs, col, step, w, w_off, b_off, kh, kw, c, c_lo, c_hi,
+             s, d, act):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.layout == "C"
-                and _ints(d_off, col, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act)):
+                and _ints(d_off, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act)):
             return None
-        return (types.void(dst, d_off, src, offs, col, w, w_off, b_off, kh, kw, c, c_lo, c_hi,
-                           s, d, act), _dw_codegen(npix, masked))
+        return (types.void(dst, d_off, src, offs, col, step, w, w_off, b_off, kh, kw, c, c_lo,
+                           c_hi, s, d, act), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
 
@@ -878,16 +884,17 @@ DW_ACTIVATIONS = ACTIVATIONS_IR[1:3]
 _DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU or
 ReLU6: a run-time code; any other leaves the sums as they are, see DW_ACTIVATIONS)::
 
-    dst.flat[d_off + q*c + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
-                                     w.flat[w_off + (a*kw + b)*c + ch]
-                                     * src.flat[offs[a] + (col + q*s + b*d)*c + ch])
+    dst.flat[d_off + q*step*c + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
+                                          w.flat[w_off + (a*kw + b)*c + ch]
+                                          * src.flat[offs[a] + (col + q*step*s + b*d)*c + ch])
 
-for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}).  ``offs[a]`` is the flat offset
-of the input row read by tap row a (padded: every tap must lie inside src), ``col`` the
-column of pixel 0's first tap, s the stride, d the dilation, w a (kh, kw, c) weight and the
-c biases."""
+for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}): output pixels ``step`` apart (1;
+d for a dilated 3x3 kernel at stride 1, whose pixels then share input columns).
+``offs[a]`` is the flat offset of the input row read by tap row a (padded: every tap must
+lie inside src), ``col`` the column of pixel 0's first tap, s the stride, d the dilation, w
+a (kh, kw, c) weight and the c biases."""
 dw_tile = _dw_intrinsic(DW_PIX, False, _DW_DOC.format(
-    what="DW_PIX neighbouring output pixels", npix="DW_PIX",
+    what="DW_PIX output pixels", npix="DW_PIX",
     lanes="whole vectors: c_hi - c_lo a multiple of VEC"))
 dw_tile_n = _dw_intrinsic(DW_PIX, True, _DW_DOC.format(
     what="dw_tile for one partial channel vector", npix="DW_PIX", lanes="c_hi - c_lo < VEC"))
