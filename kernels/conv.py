@@ -15,12 +15,14 @@ A's row for an output pixel the kh*kw input vectors its taps read.  A is never
 made; two ways to read it:
 
 * staged (every undilated conv of at most TAP_ROWS rows -- the stems, Cin = 3, and
-  MobileViT's 3x3 convs -- unless it has many channels and its ring would not fit in
-  STAGED_RING_FLOATS): the input rows a job
-  needs are staged once, channels last and zero-padded, into a small ring (the
-  model's NCHW input is read in its own layout there); then the kw taps of a tap
-  row are kw*Cin consecutive floats for every pixel, and a tile sums the kh products
-  of depth kw*Cin in its registers and stores act(sum + bias) once;
+  MobileViT's 3x3 convs -- unless it has many channels and even one tile's input
+  rows would exceed STAGED_MAX_FLOATS): a job takes a run of output pixels in
+  row-major order, a chunk of register tiles at a time (a tile may run on from the end
+  of one output row into the next); the input rows a chunk reads are staged in order,
+  channels last and zero-padded (the model's NCHW input is read in its own layout
+  there); then the kw taps of a tap row are kw*Cin consecutive floats for every pixel,
+  and a tile sums the kh products of depth kw*Cin in its registers and stores
+  act(sum + bias) once;
 * direct (dilated convs, taller ones, and wide maps with >= DIRECT_MIN_CHANNELS
   inputs; a job kind of its own, compiled only by models that have one): tap by tap,
   the tiles read a row of output pixels' input vectors straight from x (pixels s*Cin
@@ -36,7 +38,7 @@ from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_ac
                         pack_panels, unpack_panels)
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (MR, NR, TAP_ROWS, TILE, VEC, copy_floats, gemm_taps_out, gemm_tile,
-                   interleave3, stack_buffer, stack_buffer_i64, zero_floats)
+                   interleave3, stack_buffer_i64, tile_buffer, zero_floats)
 from .workers import default_threads
 
 
@@ -122,13 +124,13 @@ def unpack_conv_weight(wp):
 
 # ---------------------------------------------------------------- the kernel
 # fields of a "conv" / "conv_direct" op row, after [code, jobs].  Staged: ``a`` tiles per job,
-# ``b`` tiles per chunk, ``c`` slots of the ring; direct: ``a`` output rows per job, ``b``
+# ``b`` tiles per chunk, ``c`` input rows staged per chunk; direct: ``a`` output rows per job, ``b``
 # panels per job (``c`` unused).
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
                "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "a", "b", "c", "nchw")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in place
-STAGED_RING_FLOATS = 65536  # largest ring (256 KiB) of a staged conv with many channels
-CHUNK_RING_FLOATS = 32768   # a staged job's ring grows to this for longer chunks of tiles
+STAGED_MAX_FLOATS = 65536  # most staged floats (256 KiB) of one tile of a many-channel conv
+CHUNK_FLOATS = 32768       # a staged job's rows grow to this for longer chunks of tiles
 CHUNK_TILES = 96            # most tiles in a chunk
 CHUNK_PIXELS = CHUNK_TILES * MR   # where each of their pixels' tap rows start (gemm_taps_out)
 
@@ -139,7 +141,7 @@ def stages_in_registers(kh, dilation):
     return dilation == 1 and kh <= TAP_ROWS
 
 
-def ring_width(w_in, wo, kw, stride, dil, pad_l):
+def staged_width(w_in, wo, kw, stride, dil, pad_l):
     """Columns of a staged (zero-padded) input row: every tap of every output pixel."""
     return max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1)
 
@@ -167,7 +169,7 @@ def _staged_rows(A, W, p, j, worker):
     q_lo = (j - n * per_img) * tpj * MR                 # this job's output pixels
     q_hi = min(npix, q_lo + tpj * MR)
     kt = kh * kw * cin
-    row_len = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1) * cin   # ring_width
+    row_len = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1) * cin  # staged_width
     sc = stride * cin                                   # from one output pixel to the next
     rows = scratch(p, worker)
     zero_floats(A, rows, n_slots * row_len)             # the side padding stays zero
@@ -240,7 +242,7 @@ def _direct_rows(A, W, p, j):
     c_lo = p_lo * NR
     c_hi = min(cout, p_hi * NR)
     kt = kh * kw * cin
-    acc = stack_buffer(TILE)
+    acc = tile_buffer(TILE)
     for i in range(i_lo, i_hi):                         # start from zero
         for jj in range(wo):
             zero_floats(A, o_off + ((n * ho + i) * wo + jj) * cout + c_lo, c_hi - c_lo)
@@ -324,14 +326,14 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     _, ho, wo, cout = out_shape
     panels = wp.panels.shape[0]
     from .program import Op
-    width = ring_width(w, wo, wp.kw, stride, dilation, pad_left)
+    width = staged_width(w, wo, wp.kw, stride, dilation, pad_left)
     in_registers = stages_in_registers(wp.kh, dilation)
     check(in_registers or not nchw, f"a conv reading the NCHW model input must be undilated and "
                                     f"at most {TAP_ROWS} rows tall, not {wp.kh} (dilation "
                                     f"{dilation})")
-    row_ring = ring_floats(1, wo, wp.kh, stride, dilation, width * cin)   # one tile's ring
+    one_tile = staged_floats(1, wo, wp.kh, stride, dilation, width * cin)   # its input rows
     if not nchw and (not in_registers
-                     or (cin >= DIRECT_MIN_CHANNELS and row_ring > STAGED_RING_FLOATS)):
+                     or (cin >= DIRECT_MIN_CHANNELS and one_tile > STAGED_MAX_FLOATS)):
         # bands of output rows: the rows of input they read (bands x W x Cin floats) stay in
         # L2 while one tap's slice of a panel (Cin x NR floats) sweeps them
         band = max(1, min(ho, 65536 // max(1, w * cin)))
@@ -343,32 +345,32 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
                    stride, dilation, pad_top, pad_left, band, pg, 0, False))
     # staged: runs of tiles of output pixels, each job staging the input rows they read, a
-    # chunk of tiles at a time -- as many as keep the ring within CHUNK_RING_FLOATS
+    # chunk of tiles at a time -- as many as keep the staged rows within CHUNK_FLOATS
     tiles = max(1, -(-ho * wo // MR))                      # per image
     per_img = 1 if threads == 1 else min(tiles, -(-4 * threads // n))
     tpj = -(-tiles // per_img)
     chunk = min(tpj, CHUNK_TILES)
-    while chunk > 1 and ring_floats(chunk, wo, wp.kh, stride, dilation,
-                                    width * cin) > CHUNK_RING_FLOATS:
+    while chunk > 1 and staged_floats(chunk, wo, wp.kh, stride, dilation,
+                                      width * cin) > CHUNK_FLOATS:
         chunk -= 1
     chunk = -(-tpj // -(-tpj // chunk))                    # equal chunks
-    slots = ring_slots(chunk, wo, wp.kh, stride, dilation)
+    slots = staged_row_count(chunk, wo, wp.kh, stride, dilation)
     return Op("conv", n * -(-tiles // tpj), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh,
                                               wp.kw, w_off, b_off, act, stride, dilation,
                                               pad_top, pad_left, tpj, chunk, slots, nchw),
               scratch=slots * width * cin)
 
 
-def ring_slots(chunk, wo, kh, stride, dilation):
+def staged_row_count(chunk, wo, kh, stride, dilation):
     """Input rows a staged conv stages at once: all those that ``chunk`` tiles of output
     pixels (MR * chunk consecutive ones, on as many rows of wo as they touch) read."""
     out_rows = (chunk * MR + wo - 2) // wo + 1
     return (out_rows - 1) * stride + (kh - 1) * dilation + 1
 
 
-def ring_floats(chunk, wo, kh, stride, dilation, row_floats):
+def staged_floats(chunk, wo, kh, stride, dilation, row_floats):
     """Floats of a staged conv's staged rows for chunks of ``chunk`` tiles."""
-    return ring_slots(chunk, wo, kh, stride, dilation) * row_floats
+    return staged_row_count(chunk, wo, kh, stride, dilation) * row_floats
 
 
 def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):

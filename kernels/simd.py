@@ -508,10 +508,14 @@ stack_buffer = _stack_array("float32", """An uninitialised float32 array of ``si
 compile-time constant) on the stack: no allocator call, and LLVM keeps it in registers where
 all its indices are constant.  Aligned to a cache line: whole vectors in one line.""")
 stack_buffer_f64 = _stack_array("float64", "stack_buffer for float64 values.")
-# int64 offsets need no more than their own alignment: a function with a buffer aligned
-# beyond the stack's 16 bytes realigns its stack and gives up a register (rbp) to do it --
-# one the 12 row pointers of an AVX-512 register tile then miss (gemm_taps_out)
+# A function with a buffer aligned beyond the stack's 16 bytes realigns its stack and gives up
+# a register (rbp) to do it -- one the 12 row pointers of an AVX-512 register tile then miss
+# (two reloads per k step).  Offsets need no more than their own alignment, and a tile's
+# spill buffer, stored and loaded once per tile, can live with vectors across cache lines.
 stack_buffer_i64 = _stack_array("int64", "stack_buffer for int64 values.", align=8)
+tile_buffer = _stack_array("float32", """stack_buffer for a register tile's sums (MR * NR
+floats, ``gemm_tile``): aligned to 16 bytes only, so that the stack keeps its alignment.""",
+                           align=16)
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel

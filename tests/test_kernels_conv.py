@@ -118,7 +118,7 @@ CONV_CASES = [  # (N, H, W, Cin, Cout, k, stride, dilation, tf_padding)
     # many channels, staged (taps summed in registers): stride 2 with TF padding, batch 2
     (2, 13, 11, 48, 40, 3, 2, 1, True),
     # direct path (dilated or taller than TAP_ROWS -- also the few-channel ones above -- or
-    # Cin >= 32 with a ring too big to stage): dilation past the map, a wide map
+    # Cin >= 32 with input rows too big to stage): dilation past the map, a wide map
     (2, 9, 10, 32, 20, 3, 1, 2, False), (1, 5, 7, 33, 17, 5, 2, 3, True),
     (3, 3, 3, 64, 70, 3, 1, 4, False), (1, 9, 700, 48, 40, 3, 2, 1, True),
 ]
@@ -175,7 +175,7 @@ def test_staged_conv_tiles_chunks_and_jobs(monkeypatch, n, h, w, cin, stride, tf
     """A staged conv cuts each image's output pixels into runs of register tiles (a tile
     may span rows), a run per job, staged chunk by chunk: any cut gives the reference."""
     from tinymvit.kernels.program import Arena, run_ops
-    monkeypatch.setattr(conv, "CHUNK_RING_FLOATS", chunk_floats)     # 1: one tile per chunk
+    monkeypatch.setattr(conv, "CHUNK_FLOATS", chunk_floats)     # 1: one tile per chunk
     rng = np.random.default_rng(h * 10 + w + chunk_floats % 7 + threads)
     x = randn(rng, (n, h, w, cin))                                      # (N, H, W, Cin)
     wt, b = randn(rng, (21, cin, 3, 3), scale=0.2), randn(rng, (21,))
@@ -365,7 +365,7 @@ def test_padding_helpers_match_torch_and_transformers():
     ((1, 32, 32, 96), 3, 1, False),      # MobileViT-S conv_kxk: staged, taps in registers
     ((1, 32, 32, 96), 3, 6, True),       # dilated (DeepLab's ASPP): read in place
     ((1, 32, 32, 96), 5, 1, True),       # taller than TAP_ROWS
-    ((1, 9, 700, 48), 3, 1, True),       # a ring too big to stage
+    ((1, 9, 700, 48), 3, 1, True),       # input rows too big to stage
     ((1, 32, 32, 3), 3, 1, False),       # the stem
     ((1, 32, 32, 8), 3, 2, True),        # few channels, dilated
     ((1, 32, 32, 8), 5, 1, True),        # few channels, taller than TAP_ROWS
