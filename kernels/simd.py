@@ -26,11 +26,13 @@ This module gives the kernels explicit tools instead, all of them Numba
    columns with one vector per row (half the FMAs: 144 channels on AVX-512, a
    36-wide attention head) and a last block of at most MR/2 rows with MR/2 rows
    (49 pixels, 56-pixel image rows); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
-   separate segments of A per tile row (the tap rows of a staged convolution).
+   segments of A per tile row, each row starting where it likes (the tap rows of a staged
+   convolution's output pixels, a tile running on from one image row into the next).
 
-3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX neighbouring
-   output pixels of one channel vector, their running sums in registers while the
-   kh x kw taps are added (each weight vector loaded once serves the DW_PIX pixels).
+3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX output pixels of one
+   channel vector (neighbours, or d apart for a kernel of dilation d, so that they share
+   input columns), their running sums in registers while the kh x kw taps are added
+   (each weight vector loaded once serves the DW_PIX pixels).
 
 Both micro-kernels are written directly as LLVM IR loops whose accumulators are
 SSA values, so register allocation is guaranteed rather than hoped for.
