@@ -1,4 +1,5 @@
-"""Convolution kernel family: pointwise (1x1 / linear), depthwise, full kxk conv, batch norm.
+"""Convolution kernel family: pointwise (1x1 / linear), depthwise, the fused inverted residual,
+full kxk conv, batch norm.
 
 Every Numba kernel is compared with its plain NumPy reference on many random
 shapes (tails of the 4 x 16 register tiles, Cout = 1, K = 1, batch > 1, strides,
@@ -104,6 +105,46 @@ def test_depthwise_matches_reference(n, h, w, c, k, stride, dil, tf):
         assert got is out
         ref = depthwise.depthwise_reference(x, wt, b, stride, dil, top, left, act, (ho, wo))
         assert rel_err(out, ref) < TOL, act
+
+
+# ------------------------------------------------------------------ fused inverted residual
+SEPARABLE_CASES = [  # (N, H, W, Cin, Ch, Cout, stride, dilation, expand, reduce, residual)
+    (1, 9, 7, 16, 96, 24, 1, 1, True, True, False),      # MobileNetV2 block, no residual
+    (2, 8, 8, 24, 144, 24, 1, 1, True, True, True),      # with the residual, batch 2
+    (1, 13, 11, 32, 192, 40, 2, 1, True, True, False),   # stride 2, odd map
+    (1, 9, 9, 40, 240, 40, 1, 2, True, True, True),      # dilated (DeepLab)
+    (1, 7, 7, 160, 960, 160, 1, 1, True, True, True),    # wide channels, rows of 7
+    (2, 14, 14, 96, 576, 160, 2, 1, True, True, False),  # stride 2, batch 2
+    (1, 6, 10, 32, 32, 16, 1, 1, False, True, False),    # depthwise + reduce (MobileViTV2)
+    (1, 5, 6, 8, 48, 48, 1, 1, True, False, False),      # expand + depthwise
+]
+
+
+@pytest.mark.parametrize("n,h,w,cin,ch,cout,stride,dil,has_ex,has_re,res", SEPARABLE_CASES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_separable_matches_reference(n, h, w, cin, ch, cout, stride, dil, has_ex, has_re,
+                                           res, threads):
+    """The fused op ([expand 1x1 ->] depthwise 3x3 [-> reduce 1x1 (+ x)]) against the three
+    references one after the other, with any job split (jobs re-expand the rows they share)."""
+    rng = np.random.default_rng(h * 100 + cin + ch + threads)
+    x = randn(rng, (n, h, w, cin))                                      # (N, H, W, Cin)
+    ex = (randn(rng, (ch, cin), scale=1 / np.sqrt(cin)), randn(rng, (ch,)), ACT_RELU6)
+    wd = (randn(rng, (ch, 1, 3, 3), scale=0.3), randn(rng, (ch,)), ACT_SILU)
+    re = (randn(rng, (cout, ch), scale=1 / np.sqrt(ch)), randn(rng, (cout,)), ACT_NONE)
+    top, left = dil, dil
+    ho, wo = (conv.conv_out_size(v, 3, stride, dil, dil, dil) for v in (h, w))
+    out = np.full((n, ho, wo, cout if has_re else ch), np.nan, np.float32)
+    def packed(c):                                                      # 1x1 weights as loaded
+        return (pointwise.prepare_pointwise_weight(c[0]), c[1], c[2]) if c else None
+    got = depthwise.fused_separable(
+        x, packed(ex if has_ex else None),
+        (depthwise.prepare_depthwise_weight(wd[0]), wd[1], wd[2]),
+        packed(re if has_re else None), stride, dil, top, left, out, residual=res,
+        threads=threads)
+    assert got is out
+    want = depthwise.separable_reference(x, ex if has_ex else None, wd, re if has_re else None,
+                                         stride, dil, top, left, (ho, wo), residual=res)
+    assert rel_err(out, want) < TOL
 
 
 # ------------------------------------------------------------------ full conv
