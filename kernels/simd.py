@@ -142,6 +142,11 @@ def _data(context, builder, arrty, arr):
     return context.make_array(arrty)(context, builder, arr).data
 
 
+def _lanes(idx):
+    """A shuffle mask: the i32 lane indices ``idx``."""
+    return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
+
+
 def _vptr(builder, fptr):
     return builder.bitcast(fptr, _LLVEC.as_pointer())
 
@@ -149,8 +154,7 @@ def _vptr(builder, fptr):
 def _splat(builder, scalar, vecty=None):
     vecty = vecty or _LLVEC
     v = builder.insert_element(ir.Constant(vecty, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vecty, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, vecty.count), [0] * vecty.count))
+    return builder.shuffle_vector(v, ir.Constant(vecty, ir.Undefined), _lanes([0] * vecty.count))
 
 
 def _declare(builder, name, ret, params):
@@ -468,8 +472,7 @@ def _reduce(combine, doc):
             v, width = args[0], VEC
             while width > 1:              # pairwise: halves combined until one lane is left
                 half = width // 2
-                idx = [ir.Constant(ir.VectorType(_I32, half), list(r))
-                       for r in (range(half), range(half, width))]
+                idx = [_lanes(range(half)), _lanes(range(half, width))]
                 v = combine(builder, *(builder.shuffle_vector(v, v, i) for i in idx))
                 width = half
             return builder.extract_element(v, ir.Constant(_I32, 0))
@@ -521,13 +524,18 @@ floats, ``gemm_tile``): aligned to 16 bytes only, so that the stack keeps its al
 
 
 # ---------------------------------------------------------------- the GEMM micro-kernel
-def _tile_rows(builder, a_p, a_base, lda, rows):
-    """Pointers to the MR rows of a tile of A; rows past ``rows`` repeat the last one."""
-    const = lambda v: ir.Constant(a_base.type, v)  # noqa: E731
-    a_p = builder.gep(a_p, [a_base])
+def _row_indices(builder, rows):
+    """min(i, rows - 1) for the MR rows i of a tile: rows past ``rows`` repeat the last one."""
+    const = lambda v: ir.Constant(rows.type, v)  # noqa: E731
     last = builder.sub(rows, const(1))
-    return [builder.gep(a_p, [builder.mul(builder.select(
-        builder.icmp_signed("<", const(i), last), const(i), last), lda)]) for i in range(MR)]
+    return [builder.select(builder.icmp_signed("<", const(i), last), const(i), last)
+            for i in range(MR)]
+
+
+def _tile_rows(builder, a_p, a_base, lda, rows):
+    """Pointers to the MR rows of a tile of A, ``lda`` floats apart (see _row_indices)."""
+    a_p = builder.gep(a_p, [a_base])
+    return [builder.gep(a_p, [builder.mul(i, lda)]) for i in _row_indices(builder, rows)]
 
 
 def _tile_products(builder, row_ptrs, w_p, kn, init, nv=NV):
@@ -723,10 +731,8 @@ def gemm_taps_out(typingctx, a, bases, b0, tap_step, n_taps, rows, w, w_base, kn
             _intp(context, builder, args[i], sig.args[i])
             for i in (2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14))
         const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
-        last = builder.sub(rows, const(1))
-        starts = [builder.gep(a_p, [builder.load(builder.gep(bases_p, [builder.add(
-            b0, builder.select(builder.icmp_signed("<", const(i), last), const(i), last))]))])
-            for i in range(MR)]
+        starts = [builder.gep(a_p, [builder.load(builder.gep(bases_p, [builder.add(b0, i)]))])
+                  for i in _row_indices(builder, rows)]
         accs = [_vconst(0.0)] * (MR * NV)
         for t in range(TAP_ROWS):
             depth = builder.select(builder.icmp_signed(">", n_taps, const(t)), kn, const(0))
@@ -928,11 +934,10 @@ def interleave3(typingctx, dst, d_off, src, s_off, plane):
         s_p = builder.gep(s_p, [s_off])
         r, g, b = (_load(builder, builder.gep(s_p, [builder.mul(plane, ir.Constant(
             plane.type, c))])) for c in range(3))
-        lanes = lambda idx: ir.Constant(ir.VectorType(_I32, len(idx)), idx)  # noqa: E731
-        rg = builder.shuffle_vector(r, g, lanes(list(range(2 * VEC))))
-        b2 = builder.shuffle_vector(b, b, lanes(list(range(VEC)) * 2))
-        rgb = builder.shuffle_vector(rg, b2, lanes([c * VEC + x for x in range(VEC)
-                                                    for c in range(3)]))
+        rg = builder.shuffle_vector(r, g, _lanes(range(2 * VEC)))
+        b2 = builder.shuffle_vector(b, b, _lanes(list(range(VEC)) * 2))
+        rgb = builder.shuffle_vector(rg, b2, _lanes([c * VEC + x for x in range(VEC)
+                                                     for c in range(3)]))
         out = builder.bitcast(builder.gep(d_p, [d_off]), rgb.type.as_pointer())
         builder.store(rgb, out, align=4)
         return context.get_dummy_value()
@@ -960,15 +965,14 @@ def transpose_block(typingctx, dst, d_off, ldd, src, s_off, lds, rows, cols, sca
                                               for i in (1, 2, 4, 5, 6, 7))
         scale = context.cast(builder, args[8], sig.args[8], types.float32)
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
-        lanes = lambda idx: ir.Constant(ir.VectorType(_I32, len(idx)), idx)  # noqa: E731
         s_p, d_p = builder.gep(s_p, [s_off]), builder.gep(d_p, [d_off])
         col_mask = _lane_mask(builder, cols)
         off = ir.Constant(_MASK, [0] * VEC)
         vecs = [_load(builder, builder.gep(s_p, [builder.mul(const(r), lds)]), builder.select(
             builder.icmp_signed("<", const(r), rows), col_mask, off)) for r in range(VEC)]
         half = VEC // 2
-        lo = lanes([i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
-        hi = lanes([half + i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
+        lo = _lanes([i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
+        hi = _lanes([half + i // 2 + (VEC if i % 2 else 0) for i in range(VEC)])
         for _ in range(VEC.bit_length() - 1):       # log2(VEC) perfect shuffles
             nxt = []
             for i in range(half):
