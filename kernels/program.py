@@ -95,7 +95,7 @@ class Arena:
     """Lays out arrays (or empty space) one after another in one flat float32 array."""
 
     def __init__(self):
-        self.parts, self.size = [], 0
+        self.parts, self.size, self.filled = [], 0, 0
 
     def add(self, array=None, size=None):
         """Reserve room for ``array`` (copied in by :meth:`build`) or ``size`` floats;
@@ -107,12 +107,29 @@ class Arena:
         return offset
 
     def build(self):
-        flat = aligned_floats(max(self.size, ALIGN), zero=True)
-        for offset, array in self.parts:
+        """The flat array, every array copied in."""
+        flat = self.allocate()
+        self._copy(flat, 0, len(self.parts))
+        return flat
+
+    def allocate(self):
+        """The flat array, zeros (to be filled in with :meth:`fill`)."""
+        return aligned_floats(max(self.size, ALIGN), zero=True)
+
+    def fill(self, flat, count):
+        """Copy the arrays added up to the ``count``-th into ``flat`` (those not copied yet)
+        and let go of them: filling a large arena piece by piece, while their owners free
+        their own copies, needs little more memory than the arena itself."""
+        self._copy(flat, self.filled, count)
+        for i in range(self.filled, count):
+            self.parts[i] = (self.parts[i][0], None)
+        self.filled = max(self.filled, count)
+
+    def _copy(self, flat, first, last):
+        for offset, array in self.parts[first:last]:
             if array is not None:
                 a = np.asarray(array, np.float32).ravel()
                 flat[offset:offset + a.size] = a
-        return flat
 
 
 ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile

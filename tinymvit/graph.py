@@ -642,6 +642,24 @@ def _merged(steps):
     return out
 
 
+def release_freed_memory():
+    """Hand the memory freed so far back to the operating system where the C library keeps
+    it for reuse (glibc's ``malloc_trim``; elsewhere nothing happens).  Without this, the
+    weights' temporary copies made while a model is built stay in the process's memory
+    after they are freed, beside the weight arena."""
+    if not _MALLOC_TRIM:
+        try:
+            import ctypes
+            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError, TypeError):
+            _MALLOC_TRIM.append(None)
+    if _MALLOC_TRIM[0] is not None:
+        _MALLOC_TRIM[0](0)
+
+
+_MALLOC_TRIM = []
+
+
 class Graph:
     """A list of nodes, the weight arena and the names of the tensors a model returns.
 
@@ -655,14 +673,17 @@ class Graph:
 
     def __init__(self, nodes, input_name, outputs):
         self.nodes, self.input, self.outputs = nodes, input_name, outputs
-        arena = program.Arena()
-        for node in nodes:
-            for part in getattr(node, "parts", (node,)):
-                part.place(arena)
-        self.weights = arena.build()
-        for node in nodes:
-            for part in getattr(node, "parts", (node,)):
-                part.attach(self.weights)
+        arena, placed = program.Arena(), []
+        for part in (part for node in nodes for part in getattr(node, "parts", (node,))):
+            part.place(arena)
+            placed.append((part, len(arena.parts)))     # its arrays: the arena's first n
+        self.weights = arena.allocate()
+        for i, (part, n) in enumerate(placed):   # layer by layer: each then keeps views
+            arena.fill(self.weights, n)           # into the arena, and its own copies are
+            part.attach(self.weights)             # freed as the arena fills
+            if i % 16 == 15:
+                release_freed_memory()
+        release_freed_memory()
         self._pool, self._lock = collections.OrderedDict(), threading.Lock()
 
     def _kept(self, with_hidden):
@@ -788,6 +809,8 @@ class GraphBuilder:
             names += (output_of,)
         node.torch_names = names
         self.nodes.append(node)
+        if len(self.nodes) % 16 == 0:    # the raw tensors and temporaries read so far
+            release_freed_memory()
         self.channels[node.output] = channels
         return node.output
 

@@ -11,6 +11,7 @@ Accepted inputs:
 * a plain transformers ``model.safetensors`` with a ``config.json`` beside it.
 """
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Checkpoint:
-    tensors: dict             # name -> np.ndarray, transformers names
+    tensors: Mapping          # name -> np.ndarray, transformers names (read from
+    #                           a safetensors file when asked for: SafetensorsTensors)
     config: dict              # config.json contents
     preprocessor_config: dict  # preprocessor_config.json contents, or None
     source: str               # what was read, for error messages
@@ -79,9 +81,9 @@ def _read_folder(folder):
     if single.is_file():
         tensors, files = read_safetensors(single)[0], (single,)
     elif index.is_file():
-        tensors, files = {}, [index]
+        tensors, files = SafetensorsTensors({}), [index]
         for shard in _shard_files(index):
-            tensors.update(read_safetensors(shard)[0])
+            tensors = tensors.merged(read_safetensors(shard)[0])
             files.append(shard)
     elif binary.is_file():
         tensors, files = read_pytorch_bin(binary), (binary,)
@@ -154,22 +156,97 @@ def _metadata_json(path, metadata, key, required=False):
 
 
 def read_safetensors(path):
-    """(tensors, metadata) of a .safetensors file; corrupt or truncated files raise clearly."""
+    """(tensors, metadata) of a .safetensors file; corrupt or truncated files raise clearly.
+
+    ``tensors`` is a :class:`SafetensorsTensors`: the file is checked now, each tensor is
+    read when it is asked for."""
+    entries, metadata = _safetensors_entries(path)
+    return SafetensorsTensors(entries), metadata
+
+
+def _safetensors_entries(path):
+    """({name: (path, data offset, dtype, shape, bytes)}, metadata) of a .safetensors file.
+    safetensors checks the header first (that it parses, and that every tensor's bytes lie
+    in the file); only the header is read."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        tensors = {}
         with safe_open(str(path), framework="np") as f:
             metadata = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        with open(path, "rb") as f:                      # the layout safetensors just checked:
+            header_size = int.from_bytes(f.read(8), "little")      # u64 size, JSON header,
+            header = json.loads(f.read(header_size))               # then the tensors' bytes
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({exc}); the file is corrupt or "
             f"truncated — download or convert it again") from None
-    return tensors, metadata
+    data = 8 + header_size
+    entries = {name: (path, data + int(info["data_offsets"][0]), info["dtype"],
+                      tuple(int(d) for d in info["shape"]),
+                      int(info["data_offsets"][1]) - int(info["data_offsets"][0]))
+               for name, info in header.items() if name != "__metadata__"}
+    return entries, metadata
+
+
+# safetensors dtype -> NumPy dtype (the file is little-endian)
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+           "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+
+
+class SafetensorsTensors(Mapping):
+    """The tensors of one or more .safetensors files by name, each read from its file when
+    it is asked for (a new array each time).
+
+    A model keeps its weights folded and packed in one arena (``graph.Graph``): holding every
+    raw tensor in memory while the model is built would make loading need about twice the
+    memory the loaded model does.  Read one at a time, each raw tensor is dropped as soon
+    as its layer has made its own copy."""
+
+    def __init__(self, entries):
+        self._entries = entries      # name -> (path, offset, dtype, shape, bytes)
+
+    def __getitem__(self, name):
+        path, offset, dtype, shape, size = self._entries[name]
+        if dtype not in _DTYPES:                 # e.g. BF16, which NumPy has no type for
+            return self._read_with_safetensors(path, name)
+        out = np.empty(shape, _DTYPES[dtype])
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                got = f.readinto(memoryview(out.reshape(-1)).cast("B")) if size else 0
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read tensor '{name}' ({exc})") from None
+        if got != size or out.nbytes != size:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' is cut short ({got} of {size} bytes); the file "
+                f"changed while it was being read, or is truncated — download or convert it "
+                f"again")
+        return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+
+    @staticmethod
+    def _read_with_safetensors(path, name):
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), framework="np") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"{path}: cannot read tensor '{name}' ({exc})") from None
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, name):
+        return name in self._entries
+
+    def merged(self, other):
+        """These tensors and ``other``'s (a later file's tensor of the same name wins)."""
+        return SafetensorsTensors({**self._entries, **other._entries})
 
 
 def read_pytorch_bin(path):
