@@ -147,6 +147,8 @@ def compile_all(units):
         helper_proc.wait()
     for fn in functions:
         fn.address                        # theirs: from the cache (or compiled here after all)
+    if todo and CACHE_DIR:
+        native.byte_compile_modules()     # the Python side of every later start, likewise
 
 
 HELPER_START_SECONDS = 0.6   # the helper process starts Python, NumPy and Numba first

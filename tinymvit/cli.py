@@ -299,7 +299,9 @@ def _parser():
                                    "cache now (a Docker build, an install script), so that no "
                                    "later run pays the one-time compilation.  Without --model: "
                                    "every kernel; with it: what that checkpoint needs (it runs "
-                                   "once on a blank image).")
+                                   "once on a blank image).  Also writes the bytecode of "
+                                   "tinymvit's Python modules, which Python itself does not "
+                                   "under PYTHONDONTWRITEBYTECODE=1.")
     k.add_argument("--model", default=None, metavar="PATH",
                    help="only the kernels of this checkpoint: folder, tinymvit .safetensors "
                         "file, or Hugging Face Hub repo id org/name[@revision]")
@@ -743,6 +745,7 @@ def cmd_info(args, out):
 
 def cmd_compile(args, out):
     from .kernels import program
+    from .kernels.native import byte_compile_modules
     from .kernels.policy import CACHE_DIR
     from .kernels.simd import ISA
     if CACHE_DIR is None:
@@ -766,6 +769,7 @@ def cmd_compile(args, out):
     else:
         program.compile_kernels()
         what = "every kernel"
+    byte_compile_modules()
     used = {name for name, state in program.kernel_status().items() if state != "unused"}
     print(f"{what} ready for this CPU ({ISA}): {len(used - before)} compiled now, "
           f"{len(used & before)} were in the cache ({time.perf_counter() - t0:.1f} s)", file=out)
