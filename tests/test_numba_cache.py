@@ -146,10 +146,11 @@ def test_the_kernels_cache_folder_is_reported():
 
 def test_a_warm_process_loads_neither_numba_nor_llvm(warm_cache):
     """Start-up with a warm cache: the kernels' machine code is linked by kernels/elf.py, so
-    neither Numba (~0.2 s) nor, on Linux x86-64, the LLVM library (~50 ms, ~48 MB) loads."""
+    neither Numba (~0.2 s) nor, on Linux x86-64, the LLVM library (~50 ms, ~48 MB) loads;
+    nor Pillow (~12 ms), which only image inputs need."""
     from tinymvit.kernels import elf
     code = KERNEL_RUN + ("import sys\n"
-                         "print(sorted(m for m in ('numba', 'llvmlite.binding') "
+                         "print(sorted(m for m in ('numba', 'llvmlite.binding', 'PIL') "
                          "if m in sys.modules))\n")
     out, err = _run(code, {"NUMBA_CACHE_DIR": str(warm_cache)}, cwd=warm_cache.parent)
     assert err == [] and out[0] == EXPECTED

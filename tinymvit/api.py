@@ -504,9 +504,9 @@ def _check_batch_size(batch_size):
 def _check_iterable(images, method, single):
     """``images`` must be an iterable of images, not one image (a path would be iterated
     character by character)."""
-    from PIL import Image
-    if (isinstance(images, (str, bytes, np.ndarray, Image.Image)) or hasattr(images, "__fspath__")
-            or not hasattr(images, "__iter__")):
+    from .images import is_pil_image
+    if (isinstance(images, (str, bytes, np.ndarray)) or is_pil_image(images)
+            or hasattr(images, "__fspath__") or not hasattr(images, "__iter__")):
         raise InputError(f"{method}() takes an iterable of images (a list, a generator...), got "
                          f"{type(images).__name__}; for one image use {single}()")
 

@@ -16,10 +16,10 @@ arrays are taken as already decoded: (H,W,3) RGB as is, (H,W) or (H,W,1) grey
 repeated to three channels, and (H,W,4) RGBA with alpha dropped (what
 ``convert("RGB")`` does to the same data as a PIL image).
 """
+import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import limits
 from .errors import TinyMViTError
@@ -42,10 +42,17 @@ def check_pixel_count(height, width, what, verb="has"):
                          f"megapixels (tinymvit.limits.MAX_IMAGE_PIXELS); downscale it first")
 
 
+def is_pil_image(x):
+    """Whether ``x`` is a ``PIL.Image.Image`` -- without importing Pillow (~12 ms of a
+    start-up that a model fed arrays never needs): if it is not imported, x is none."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(x, pil.Image)
+
+
 def describe_image(image):
     if isinstance(image, np.ndarray):
         return f"array of shape {image.shape} and dtype {image.dtype}"
-    if isinstance(image, Image.Image):
+    if is_pil_image(image):
         return f"PIL image (mode {image.mode}, size {image.size[0]}x{image.size[1]})"
     return f"{type(image).__name__} {image!r}"[:200]
 
@@ -60,6 +67,7 @@ def _open_path(path):
         raise ImageError(f"{path}: image file not found")
     if not is_file:
         raise ImageError(f"{path}: not a file (expected an image file such as .jpg or .png)")
+    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             check_pixel_count(im.height, im.width, str(path))   # from the header: nothing decoded
@@ -80,6 +88,7 @@ def _open_path(path):
 
 def _to_rgb(im, name):
     """EXIF transpose + convert("RGB") of a PIL image -> (H, W, 3) uint8 C-contiguous."""
+    from PIL import ImageOps
     try:
         im = ImageOps.exif_transpose(im)
         rgb = im.convert("RGB")
@@ -124,7 +133,7 @@ def load_image(image):
     """
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    if isinstance(image, Image.Image):
+    if is_pil_image(image):
         if image.width == 0 or image.height == 0:
             raise ImageError(f"image {describe_image(image)}: zero-sized image; expected at least "
                              f"1x1 pixels")

@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from . import limits
 from .config import FAMILIES
@@ -294,6 +293,7 @@ class ImageProcessor:
                              f"{new_w}x{new_h} ({why}); it is too thin")
         check_pixel_count(new_h, new_w, f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels",
                           f"would be resized ({why}) to")
+        from PIL import Image
         im = Image.fromarray(rgb).resize((new_w, new_h), resample=self.resample, reducing_gap=None)
         return np.asarray(im)                                        # (new_h, new_w, 3) uint8
 
