@@ -373,3 +373,18 @@ def test_prepare_for_segmentation_native_and_explicit_size():
         p.prepare_for_segmentation(rgb, size="big", output_stride=16)
     with pytest.raises(InputError, match="output_stride"):
         p.prepare_for_segmentation(rgb, output_stride=0)
+
+
+def test_pil_images_are_recognised_without_importing_pillow(monkeypatch):
+    """images.is_pil_image: Pillow is imported only when an image needs it, and a decoding
+    thread may ask while another thread is still importing it."""
+    import sys
+    import types
+
+    from tinymvit.images import is_pil_image
+    assert is_pil_image(Image.new("RGB", (2, 3)))
+    assert not is_pil_image(np.zeros((3, 2, 3), np.uint8)) and not is_pil_image("a.png")
+    monkeypatch.setitem(sys.modules, "PIL.Image", types.ModuleType("PIL.Image"))  # importing
+    assert not is_pil_image(np.zeros((3, 2, 3), np.uint8))
+    monkeypatch.delitem(sys.modules, "PIL.Image")
+    assert not is_pil_image(object())

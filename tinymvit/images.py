@@ -44,9 +44,10 @@ def check_pixel_count(height, width, what, verb="has"):
 
 def is_pil_image(x):
     """Whether ``x`` is a ``PIL.Image.Image`` -- without importing Pillow (~12 ms of a
-    start-up that a model fed arrays never needs): if it is not imported, x is none."""
-    pil = sys.modules.get("PIL.Image")
-    return pil is not None and isinstance(x, pil.Image)
+    start-up that a model fed arrays never needs): until Pillow's Image class exists (another
+    thread may be importing it right now), nothing is an instance of it."""
+    image_class = getattr(sys.modules.get("PIL.Image"), "Image", None)
+    return image_class is not None and isinstance(x, image_class)
 
 
 def describe_image(image):
