@@ -116,42 +116,66 @@ class CFunction:
 def compile_all(units):
     """Give every CFunction of ``units`` -- (functions, rough compile seconds) pairs, the
     functions of a unit sharing helpers that are compiled once per process -- its address.
-    Those not in the cache are compiled; if that is two or more units and this machine has
-    two cores, a helper process compiles about half of the units into the cache at the same
-    time (program.compile_child), and this one then loads them from there: a first run takes
-    about half as long.  Should the helper fail, this process compiles the rest."""
-    todo = [(fns, cost) for fns, cost in units
-            if any(fn._address is None and not native.is_cached(CACHE_DIR, fn.key)
-                   for fn in fns)]
-    helper_proc, theirs = None, []
-    if (len(todo) >= 2 and CACHE_DIR and native.flag("TINYMVIT_PARALLEL_COMPILE", True)
-            and _cores() >= 2):
-        load = {"ours": 0.0, "theirs": HELPER_START_SECONDS}
-        for fns, cost in sorted(todo, key=lambda fc: -fc[1]):    # greedy: the costliest first
-            side = min(load, key=load.get)
-            load[side] += cost
-            if side == "theirs":
-                theirs.extend(fns)
-        helper_proc = _start_helper(theirs) if theirs else None
-    functions = [fn for fns, _ in units for fn in fns]
+
+    Those not in the cache are compiled, the costliest units first.  If that is two or more
+    units and this machine has two cores, a helper process (program.compile_child) works
+    down the same list at the same time: each process takes the next unit nobody has taken
+    yet (:func:`claim`), so the two share the work by what each unit really costs on this
+    machine, not by the estimates, and a first run takes about half as long.  This process
+    then loads the helper's units from the cache; should the helper fail, it compiles them
+    itself."""
+    todo = sorted([(fns, cost) for fns, cost in units
+                   if any(fn._address is None and not native.is_cached(CACHE_DIR, fn.key)
+                          for fn in fns)], key=lambda fc: -fc[1])
+    claims = helper_proc = None
     try:
-        for fn in functions:
-            if helper_proc is None or fn not in theirs:
-                fn.address
+        if (len(todo) >= 2 and CACHE_DIR and native.flag("TINYMVIT_PARALLEL_COMPILE", True)
+                and _cores() >= 2):
+            claims = _claims_folder()
+            helper_proc = _start_helper(claims, [fns for fns, _ in todo]) if claims else None
+        mine = 0
+        for i, (fns, _) in enumerate(todo):
+            if helper_proc is None or claim(claims, i):
+                mine += 1
+                for fn in fns:
+                    fn.address
+        if helper_proc is not None:
+            if mine == len(todo):        # the helper has claimed nothing (still starting up)
+                helper_proc.kill()
+            helper_proc.wait()
     except BaseException:
         if helper_proc is not None:      # e.g. Ctrl-C: no orphan compiling on
             helper_proc.kill()
             helper_proc.wait()
         raise
-    if helper_proc is not None:
-        helper_proc.wait()
-    for fn in functions:
-        fn.address                        # theirs: from the cache (or compiled here after all)
+    finally:
+        if claims:
+            import shutil
+            shutil.rmtree(claims, ignore_errors=True)
+    for fns, _ in units:
+        for fn in fns:
+            fn.address                    # the helper's: from the cache (or compiled here)
     if todo and CACHE_DIR:
         native.byte_compile_modules()     # the Python side of every later start, likewise
 
 
-HELPER_START_SECONDS = 0.6   # the helper process starts Python, NumPy and Numba first
+def claim(claims, i):
+    """Take unit ``i`` of a compile_all list for this process: True for the one process whose
+    ``mkdir`` of its folder in ``claims`` succeeds (atomic), False for any other."""
+    try:
+        os.mkdir(os.path.join(claims, str(i)))
+        return True
+    except OSError:                      # taken already (or the claims folder is gone)
+        return False
+
+
+def _claims_folder():
+    """A new, empty folder in the cache for one compile_all's claims (None if impossible)."""
+    import tempfile
+    try:
+        return tempfile.mkdtemp(prefix="claims-", dir=CACHE_DIR)
+    except OSError:
+        return None
 
 
 def _cores():
@@ -161,16 +185,18 @@ def _cores():
         return os.cpu_count() or 1
 
 
-def _start_helper(functions):
-    """The helper process compiling ``functions`` (None if it cannot start)."""
+def _start_helper(claims, units):
+    """The helper process working down ``units`` (lists of CFunctions) with the claims
+    folder ``claims`` (None if it cannot start)."""
     import subprocess
     import sys
     code = ("import sys\nfrom tinymvit.kernels.program import compile_child\n"
-            "sys.exit(compile_child(sys.argv[1], sys.argv[2:]))")
+            "sys.exit(compile_child(sys.argv[1], sys.argv[2], sys.argv[3:]))")
     try:
-        return subprocess.Popen([sys.executable, "-c", code, CACHE_DIR]
-                                + [f.key for f in functions], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-c", code, CACHE_DIR, claims]
+                                + [",".join(fn.key for fn in fns) for fns in units],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     except (OSError, ValueError):
         return None
 

@@ -36,7 +36,7 @@ from .layout import copy_channels_job, nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
-from .policy import CACHE_DIR, OP_FIELDS, SCRATCH, check, compile_all, entry, numba
+from .policy import CACHE_DIR, OP_FIELDS, SCRATCH, check, claim, compile_all, entry, numba
 from .pooling import pool_job
 from .resize import resize_job
 from .workers import POOL, default_threads, job_done, next_job, wait_done
@@ -148,7 +148,8 @@ JOBS = {"gemm": gemm_job, "conv": conv_job, "separable": separable_job,
 N_CODES = max(CODES.values()) + 1
 
 
-# Rough seconds each one takes to compile (one core, Zen 3), to share the work out fairly.
+# Rough seconds each one takes to compile (one core, Zen 3): the costliest are compiled
+# first, so that the two compiling processes end close together (policy.compile_all).
 COMPILE_SECONDS = {"separable": 3.0, "conv": 1.6, "conv_direct": 1.6, "mha": 1.7,
                    "resize": 1.5, "layer_norm": 1.3, "group_norm": 1.2, "gemm": 1.1,
                    "separable_attention": 1.1, "activation": 0.9, "execute": 0.7, "pool": 0.6}
@@ -176,14 +177,17 @@ def compile_kernels(kinds=None):
     compile_all([(tuple(fns), cost) for fns, cost in units.values()])
 
 
-def compile_child(cache_dir, keys):
-    """Entry point of the helper process of :func:`policy.compile_all`: compile the
-    functions named ``keys`` into the cache; exit status 0 when done."""
+def compile_child(cache_dir, claims, units):
+    """Entry point of the helper process of :func:`policy.compile_all`: work down ``units``
+    (each "key,key,...": functions compiled together), compiling into the cache every unit
+    this process claims first (:func:`policy.claim`); exit status 0 when done."""
     if cache_dir != CACHE_DIR:          # another tinymvit (other sources): no use compiling
         return 3
     by_key = {fn.key: fn for _, fn in _functions(JOBS)}
-    for key in keys:
-        by_key[key].address
+    for i, unit in enumerate(units):
+        if claim(claims, i):
+            for key in unit.split(","):
+                by_key[key].address
     return 0
 
 

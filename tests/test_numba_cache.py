@@ -160,11 +160,14 @@ def test_a_warm_process_loads_neither_numba_nor_llvm(warm_cache):
 @pytest.mark.parametrize("helper", ["works", "fails", "off"])
 def test_a_first_run_compiles_in_two_processes(tmp_path, helper):
     """Kernels missing from the cache are shared between this process and a helper process
-    (policy.compile_all); if the helper fails, this process compiles its share itself."""
-    code = "import subprocess, sys\nfrom tinymvit.kernels import policy\n"
+    (policy.compile_all): each takes the next unit nobody has claimed.  Here this process
+    claims only the first unit (execute), so the other (pool) is the helper's -- or, if the
+    helper fails, compiled here after all."""
+    code = ("import subprocess, sys\nfrom tinymvit.kernels import policy\n"
+            "policy.claim = lambda claims, i, claim=policy.claim: i == 0 and claim(claims, i)\n")
     if helper == "fails":
-        code += ("policy._start_helper = lambda fns: subprocess.Popen([sys.executable, '-c', "
-                 "'raise SystemExit(1)'])\n")
+        code += ("policy._start_helper = lambda claims, units: subprocess.Popen(["
+                 "sys.executable, '-c', 'raise SystemExit(1)'])\n")
     code += KERNEL_RUN + ("from tinymvit.kernels import program\n"
                           "print(sorted(program.kernel_status().items()))\n")
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "TINYMVIT_PARALLEL_COMPILE":
@@ -180,6 +183,7 @@ def test_a_first_run_compiles_in_two_processes(tmp_path, helper):
     else:
         assert set(used.values()) == {"compiled"}
     assert len(list(tmp_path.glob("cache/*/*.o"))) == 2
+    assert [p.name for p in tmp_path.glob("cache/*/*") if p.is_dir()] == []    # claims: gone
 
 
 def _stale_bytecode(package):
