@@ -238,14 +238,18 @@ EXECUTE_SIGNATURE = ("void(CPointer(float32), int64, CPointer(float32), int64, C
 @entry(EXECUTE_SIGNATURE)
 def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers):
     """Ops first..last of the op table (n_ops rows at pprog) on the arenas A and W, as
-    worker ``worker`` of ``n_workers``: the workers take turns at each op's jobs (claimed
-    from the counter sync[2k] for the k-th op run, counted finished in sync[2k + 1]); an op
-    starts once every job of the op before it is finished, and worker 0 returns once the
-    last op is finished.  pjobs: the job functions' addresses by op code
-    (:func:`job_addresses`)."""
+    worker ``worker`` of ``n_workers``.  An op's jobs are cut into n_workers runs of
+    consecutive jobs; each worker takes the jobs of its own run first -- the same part of
+    every op, e.g. the same rows of an image, whose inputs the op before wrote into this
+    core's cache -- then helps with the others' runs.  A job is claimed from its run's
+    counter (sync slot (n_workers + 1)*k + run for the k-th op run) and counted finished in
+    slot (n_workers + 1)*k + n_workers; an op starts once every job of the op before it is
+    finished, and worker 0 returns once the last op is finished.  pjobs: the job functions'
+    addresses by op code (:func:`job_addresses`)."""
     prog = numba.carray(pprog, (n_ops, OP_FIELDS))
     jobs = numba.carray(pjobs, (N_CODES,))
-    sync = numba.carray(psync, (2 * (last - first),))
+    slots = n_workers + 1                                   # per op: run counters, finished
+    sync = numba.carray(psync, (slots * (last - first),))
     for i in range(first, last):
         address = jobs[prog[i, 0]]
         n_jobs = prog[i, 1]
@@ -255,15 +259,18 @@ def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, wor
             continue
         k = i - first
         if k > 0:
-            wait_done(sync, 2 * k - 1, prog[i - 1, 1])      # the op before is finished
-        while True:
-            j = next_job(sync, 2 * k)
-            if j >= n_jobs:
-                break
-            call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
-            job_done(sync, 2 * k + 1)
+            wait_done(sync, slots * k - 1, prog[i - 1, 1])    # the op before is finished
+        for t in range(n_workers):                          # its own run, then the others'
+            run = (worker + t) % n_workers
+            lo, hi = run * n_jobs // n_workers, (run + 1) * n_jobs // n_workers
+            while True:
+                j = lo + next_job(sync, slots * k + run)
+                if j >= hi:
+                    break
+                call_job(address, pa, a_size, pw, w_size, prog, i, j, worker)
+                job_done(sync, slots * k + n_workers)
     if n_workers > 1 and worker == 0 and last > first:
-        wait_done(sync, 2 * (last - first) - 1, prog[last - 1, 1])
+        wait_done(sync, slots * (last - first) - 1, prog[last - 1, 1])
 
 
 _EXECUTE = []      # the ctypes function for execute (made on first use)
@@ -282,7 +289,8 @@ def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
 
 def run_program(A, W, prog, jobs, first, last, threads=1):
     """Run ops first..last of ``prog`` on ``threads`` threads (jobs: :func:`job_addresses`)."""
-    POOL.run(_execute, (A, W, prog, jobs, first, last), threads, 2 * (last - first))
+    POOL.run(_execute, (A, W, prog, jobs, first, last), threads,
+             (threads + 1) * (last - first))
 
 
 def bind_ops(ops, A, W, threads=None):

@@ -3,18 +3,21 @@
 A kernel that runs on several cores is an ordinary Numba function compiled with
 ``nogil=True`` and called at the same time from several threads -- the calling
 thread and ``threads - 1`` pool threads -- each with its own ``worker`` number.
-The workers share the jobs of a loop by taking the next free job index from a
-counter they increment atomically (:func:`next_job`), so a slow job never leaves
-the other cores idle.  Each finished job is counted in a second counter
-(:func:`job_done`); work that needs a loop's results waits for that count to
-reach the loop's size (:func:`wait_done`), not for the other *threads*::
+The jobs of a loop are cut into one run of consecutive jobs per worker.  A worker
+takes the jobs of its own run first, then those left in the others' runs, each by
+taking the next free job index of the run from a counter incremented atomically
+(:func:`next_job`), so a slow job never leaves the other cores idle.  Each
+finished job is counted in one more counter (:func:`job_done`); work that needs a
+loop's results waits for that count to reach the loop's size (:func:`wait_done`),
+not for the other *threads*::
 
-    while True:                              # in every worker
-        j = next_job(sync, claimed)
-        if j >= n_jobs:
-            break
-        ... job j ...
-        job_done(sync, finished)
+    for run in my_run, the_runs_after_it:    # in every worker
+        while True:
+            j = run.first + next_job(sync, run.claimed)
+            if j >= run.end:
+                break
+            ... job j ...
+            job_done(sync, finished)
     wait_done(sync, finished, n_jobs)        # every job of the loop is finished
 
 So a worker thread the operating system has not scheduled yet (a busy machine)
@@ -22,6 +25,12 @@ never holds the others up: they take its share of the jobs, and when it wakes
 it finds nothing left and moves on.  The calling thread returns as soon as the
 last job is finished, without waiting for pool threads that have not even
 started.
+
+Its own run first: a worker then computes the same part of every loop -- the same
+rows of an image, the same images of a batch -- and reads what it wrote itself in
+the loop before from its own core's cache, instead of from another core's
+(in-process A/B on Zen 3, 2 threads, batch 1: MobileNetV2 -1.3..2.6 %, MobileViTV2-0.5
+-1.3 %, MobileViT-XXS -2.6 %; batch 8 unchanged within noise).
 
 No OpenMP or TBB is involved: a forked child simply starts new pool threads (no
 hang after ``fork``), and Numba compiles plain serial functions (a parallel

@@ -361,3 +361,38 @@ def test_copy_channels_matches_reference(shape, c_out, c0):
     assert_array_equal(copy_channels(v, out, c0, broadcast=True), want)
     with pytest.raises(KernelArgumentError, match="cannot copy"):
         copy_channels(x, out, c_out - 1)
+
+
+# ----------------------------------------------------------------------------- the executor
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_program_runs_every_job_once_and_each_op_after_the_one_before(threads):
+    """A chain of ops, each reading the whole output of the one before, each accumulating
+    into its output in place (a job run twice would add twice), with 1 job, fewer jobs than
+    workers and runs of unequal length: the executor's per-worker runs of jobs, the help
+    from the other workers and the wait between ops give the NumPy result on any number of
+    threads."""
+    from tinymvit.kernels.pointwise import gemm_op, prepare_pointwise_weight
+    from tinymvit.kernels.program import Arena, run_ops
+    rng = np.random.default_rng(threads)
+    A, W = Arena(), Arena()
+    # (rows, output channels, the thread count the op's jobs were planned for)
+    layers = [(3, 16, 1), (40, 24, 3), (700, 40, 2), (90, 70, 5), (13, 300, 4)]
+    m0 = max(m for m, _, _ in layers)
+    x = randn(rng, (m0, 8))
+    a_off, cin, ops, want, outs = A.add(x), 8, [], x.astype(np.float64), []
+    for m, n, planned in layers:
+        w, b, y0 = randn(rng, (n, cin), scale=0.3), randn(rng, (n,)), randn(rng, (m0, n))
+        wp = prepare_pointwise_weight(w)
+        o_off = A.add(y0)
+        ops.append(gemm_op(a_off, m, cin, W.add(wp.panels), W.add(b), n, 0, o_off, o_off,
+                           planned))                        # y[:m] += x[:m] @ w.T + b
+        want = np.concatenate([y0[:m] + want[:m] @ w.T.astype(np.float64) + b,
+                               y0[m:]])                     # (m0, n)
+        outs.append((o_off, want))
+        a_off, cin = o_off, n
+    jobs = {op.n_jobs for op in ops}
+    assert 1 in jobs and len(jobs) >= 3, jobs
+    arena = run_ops(ops, A.build(), W.build(), threads)
+    for o_off, want in outs:
+        assert_close(arena[o_off:o_off + want.size].reshape(want.shape), want)
