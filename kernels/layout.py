@@ -10,17 +10,27 @@ each map into its slice of the output's channels; broadcasting a per-image vecto
 map (the ASPP pooling branch) is the same copy reading one pixel for all::
 
     out[n, p, c0 + c] = x[n, p, c]      (broadcast: x[n, 0, c])
+
+A model call also copies its input into the activation arena, checking in the same pass
+that it holds no NaN or infinity (``copy_checked``: a C function called from Python,
+compiled with the executor).
 """
 import numpy as np
 
-from .policy import arenas, check, check_array, job
-from .simd import copy_floats
+from .policy import arenas, check, check_array, entry, job, numba
+from .simd import VEC, copy_floats, vadd, vload, vload_n, vmul, vsplat, vstore, vstore_n, vsum
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
 def nchw_to_nhwc_reference(x):
     """NumPy: (N, C, H, W) -> new (N, H, W, C)."""
     return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
+
+
+def copy_checked_reference(dst, src):
+    """NumPy: dst[...] = src; whether every value of src is finite."""
+    dst[...] = src
+    return bool(np.isfinite(src).all())
 
 
 def copy_channels_reference(x, out, c0, broadcast=False):
@@ -108,3 +118,42 @@ def copy_channels(x, out, c0, broadcast=False):
                     Arena().build())
     out[...] = arena[oo:oo + out.size].reshape(out.shape)
     return out
+
+
+# ---------------------------------------------------------------- a call's input
+@entry("int64(CPointer(float32), CPointer(float32), int64)")
+def copy_checked(pdst, psrc, n):
+    """dst[:n] = src[:n]; returns 1 if every value is finite, else 0.  One pass: x * 0 is 0
+    for a finite x and NaN for NaN or an infinity, and a NaN survives the sum."""
+    dst, src = numba.carray(pdst, (n,)), numba.carray(psrc, (n,))
+    zero = vsplat(0.0)
+    acc = zero
+    i = 0
+    while i + VEC <= n:
+        v = vload(src, i)
+        vstore(dst, i, v)
+        acc = vadd(acc, vmul(v, zero))
+        i += VEC
+    if i < n:
+        v = vload_n(src, i, n - i)                 # lanes past n: 0
+        vstore_n(dst, i, v, n - i)
+        acc = vadd(acc, vmul(v, zero))
+    total = vsum(acc)
+    return 1 if total == total else 0
+
+
+_COPY_CHECKED = []     # its ctypes function (made on first use)
+
+
+def copy_in(dst, src):
+    """``dst[...] = src`` (C-contiguous float32 arrays of one size); returns whether every
+    value is finite (:func:`copy_checked`)."""
+    for name, a in (("dst", dst), ("src", src)):
+        check(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous,
+              f"{name} must be a C-contiguous float32 array")
+    check(dst.size == src.size, f"sizes differ: {dst.size} vs {src.size}")
+    if not _COPY_CHECKED:
+        import ctypes
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        _COPY_CHECKED.append(ctypes.CFUNCTYPE(i64, ptr, ptr, i64)(copy_checked.address))
+    return bool(_COPY_CHECKED[0](dst.ctypes.data, src.ctypes.data, src.size))

@@ -32,14 +32,17 @@ from .attention_mha import mha_job
 from .attention_separable import separable_attention_job
 from .conv import conv_direct_job, conv_job
 from .depthwise import separable_job
-from .layout import copy_channels_job, nchw_to_nhwc_job
+from .layout import copy_channels_job, copy_checked, nchw_to_nhwc_job
 from .norm import group_norm_job, layer_norm_job
 from .patches import fold_job, unfold_job
 from .pointwise import gemm_job
-from .policy import CACHE_DIR, OP_FIELDS, SCRATCH, check, claim, compile_all, entry, numba
+from .policy import (CACHE_DIR, OP_FIELDS, SCRATCH, check, claim, compile_all, entry, helper,
+                     numba)
 from .pooling import pool_job
 from .resize import resize_job
-from .workers import POOL, default_threads, job_done, next_job, wait_done
+from .workers import (ANSWERED, ARGS, DOOR, POOL, TASK, WAITING, address_of, atomic_cas,
+                      atomic_load, atomic_store, default_threads, float32_pointer,
+                      int64_pointer, job_done, next_job, settle, wait_done, wait_for_call)
 
 FIELDS = OP_FIELDS     # int64 fields per op row: [op code, jobs, the op's own fields...]
 ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a cache line)
@@ -157,11 +160,17 @@ COMPILE_SECONDS = {"separable": 3.0, "conv": 1.6, "conv_direct": 1.6, "mha": 1.7
 # Jobs compiled in the same process as another (when both are needed): they share its big
 # helpers (the gemm job is little more than separable's gemm_block), which a process
 # compiles once -- only ~40 % of their own cost is left.
-COMPILED_WITH = {"gemm": "separable"}
+COMPILED_WITH = {"gemm": "separable", "serve": "execute", "copy_checked": "execute"}
+
+
+def _calls():
+    """The C functions every model call needs besides its jobs, compiled as one unit: the
+    executor, the pool threads' doorbell loop, the checked copy of a call's input."""
+    return [("execute", execute), ("serve", serve), ("copy_checked", copy_checked)]
 
 
 def _functions(kinds):
-    return [("execute", execute)] + [(kind, JOBS[kind]) for kind in sorted(kinds)]
+    return _calls() + [(kind, JOBS[kind]) for kind in sorted(kinds)]
 
 
 def compile_kernels(kinds=None):
@@ -199,8 +208,8 @@ def cached_kernels():
 
 def kernel_status():
     """{name: 'compiled' (in this process), 'cached' (loaded from the cache) or 'unused'}
-    for the executor and every job function."""
-    return {name: fn.status for name, fn in [("execute", execute), *sorted(JOBS.items())]}
+    for the executor (and the other C functions of :func:`_calls`) and every job function."""
+    return {name: fn.status for name, fn in [*_calls(), *sorted(JOBS.items())]}
 
 
 def job_addresses(ops, also=()):
@@ -232,11 +241,64 @@ def call_job(typingctx, address, pa, a_size, pw, w_size, prog, i, j, worker):
 
 
 EXECUTE_SIGNATURE = ("void(CPointer(float32), int64, CPointer(float32), int64, CPointer(int64), "
-                     "int64, CPointer(int64), int64, int64, CPointer(int64), int64, int64)")
+                     "int64, CPointer(int64), int64, int64, CPointer(int64), int64, int64, "
+                     "CPointer(int64), int64)")
 
 
 @entry(EXECUTE_SIGNATURE)
-def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers):
+def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers,
+            pdoors, n_doors):
+    """Ops first..last of the op table (n_ops rows at pprog) on the arenas A and W, as
+    worker ``worker`` of ``n_workers`` (see :func:`run_part`).  pdoors: the addresses of the
+    doorbells of the n_doors pool threads (workers 1..n_doors; none in a pool thread):
+    those waiting on theirs are asked to join first, and the call returns only once they
+    have left it (see workers.py)."""
+    doors = numba.carray(pdoors, (n_doors,))
+    for w in range(n_doors):
+        ring(numba.carray(int64_pointer(doors[w]), (DOOR,)), pa, a_size, pw, w_size, pprog,
+             n_ops, pjobs, first, last, psync, n_workers)
+    run_part(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers)
+    for w in range(n_doors):
+        settle(numba.carray(int64_pointer(doors[w]), (DOOR,)))
+
+
+@helper
+def ring(door, pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, n_workers):
+    """Ask the pool thread waiting on ``door`` to join the call: its arguments into the
+    door, then WAITING -> TASK.  Nothing if it is not waiting (its queue brings it the call,
+    or it misses this one: the other workers do its jobs)."""
+    if atomic_load(door, 0) != WAITING:
+        return
+    door[ARGS], door[ARGS + 1], door[ARGS + 2], door[ARGS + 3] = (address_of(pa), a_size,
+                                                                   address_of(pw), w_size)
+    door[ARGS + 4], door[ARGS + 5], door[ARGS + 6] = address_of(pprog), n_ops, address_of(pjobs)
+    door[ARGS + 7], door[ARGS + 8], door[ARGS + 9] = first, last, address_of(psync)
+    door[ARGS + 10] = n_workers
+    atomic_cas(door, 0, WAITING, TASK)
+
+
+SERVE_SIGNATURE = "void(CPointer(int64), int64, int64)"
+
+
+@entry(SERVE_SIGNATURE)
+def serve(pdoor, worker, wait):
+    """Run by pool thread ``worker`` after its part of a call (GIL released): wait on its
+    doorbell at pdoor for the next call and run its part of each, until none comes for a
+    while (workers.wait_for_call; ``wait`` 0: not at all).  door[ANSWERED] counts the calls
+    joined so."""
+    door = numba.carray(pdoor, (DOOR,))
+    atomic_store(door, 0, WAITING)
+    while wait_for_call(door, wait):
+        run_part(float32_pointer(door[ARGS]), door[ARGS + 1], float32_pointer(door[ARGS + 2]),
+                 door[ARGS + 3], int64_pointer(door[ARGS + 4]), door[ARGS + 5],
+                 int64_pointer(door[ARGS + 6]), door[ARGS + 7], door[ARGS + 8],
+                 int64_pointer(door[ARGS + 9]), worker, door[ARGS + 10])
+        door[ANSWERED] += 1
+        atomic_store(door, 0, WAITING)                     # left the call
+
+
+@helper
+def run_part(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, worker, n_workers):
     """Ops first..last of the op table (n_ops rows at pprog) on the arenas A and W, as
     worker ``worker`` of ``n_workers``.  An op's jobs are cut into n_workers runs of
     consecutive jobs; each worker takes the jobs of its own run first -- the same part of
@@ -273,24 +335,34 @@ def execute(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, wor
         wait_done(sync, slots * (last - first) - 1, prog[last - 1, 1])
 
 
-_EXECUTE = []      # the ctypes function for execute (made on first use)
+_C = {}      # ctypes functions of execute and serve (made on first use)
 
 
-def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers):
-    """Call :func:`execute` (through ctypes, which releases the GIL during the call)."""
-    if not _EXECUTE:
+def _c_function(name):
+    if name not in _C:
         import ctypes
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        proto = ctypes.CFUNCTYPE(None, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64)
-        _EXECUTE.append(proto(execute.address))
-    _EXECUTE[0](A.ctypes.data, A.size, W.ctypes.data, W.size, prog.ctypes.data, prog.shape[0],
-                jobs.ctypes.data, first, last, sync.ctypes.data, worker, n_workers)
+        if name == "execute":
+            proto = ctypes.CFUNCTYPE(None, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr,
+                                     i64, i64, ptr, i64)
+            _C[name] = proto(execute.address)
+        else:
+            _C[name] = ctypes.CFUNCTYPE(None, ptr, i64, i64)(serve.address)
+    return _C[name]
+
+
+def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers, doors):
+    """Call :func:`execute` (through ctypes, which releases the GIL during the call)."""
+    _c_function("execute")(A.ctypes.data, A.size, W.ctypes.data, W.size, prog.ctypes.data,
+                           prog.shape[0], jobs.ctypes.data, first, last, sync.ctypes.data,
+                           worker, n_workers, None if doors is None else doors.ctypes.data,
+                           0 if doors is None else doors.size)
 
 
 def run_program(A, W, prog, jobs, first, last, threads=1):
     """Run ops first..last of ``prog`` on ``threads`` threads (jobs: :func:`job_addresses`)."""
     POOL.run(_execute, (A, W, prog, jobs, first, last), threads,
-             (threads + 1) * (last - first))
+             (threads + 1) * (last - first), _c_function("serve") if threads > 1 else None)
 
 
 def bind_ops(ops, A, W, threads=None):

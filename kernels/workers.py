@@ -34,12 +34,12 @@ the loop before from its own core's cache, instead of from another core's
 
 No OpenMP or TBB is involved: a forked child simply starts new pool threads (no
 hang after ``fork``), and Numba compiles plain serial functions (a parallel
-``prange`` kernel costs several seconds of compilation each).  A pool thread
-waits on a queue between calls, so it uses no CPU while the model is idle;
-waiting for a job count it spins briefly (it is only ever waiting for another
-core), then yields the core.  One model call uses the pool at a time; a
-concurrent call from another thread runs on its own thread instead of waiting
-(calls never block each other).
+``prange`` kernel costs several seconds of compilation each).  Between calls a
+pool thread waits a little on its doorbell (see below), then on a queue, so it
+uses no CPU while the model is idle; waiting for a job count it spins briefly
+(it is only ever waiting for another core), then yields the core.  One model
+call uses the pool at a time; a concurrent call from another thread runs on its
+own thread instead of waiting (calls never block each other).
 """
 import os
 import queue
@@ -85,6 +85,72 @@ def atomic_load(typingctx, arr, idx):
 
 
 @intrinsic
+def atomic_store(typingctx, arr, idx, value):
+    """arr[idx] = value, written atomically with release order (what this thread wrote
+    before is seen by whoever reads the value with acquire order)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+            and isinstance(idx, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, ptr, "release", 8)
+        return context.get_dummy_value()
+    return types.void(arr, idx, value), codegen
+
+
+@intrinsic
+def atomic_cas(typingctx, arr, idx, expected, new):
+    """If arr[idx] == expected, set it to new -- atomically, sequentially consistent;
+    returns whether it did (compare-and-swap)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+            and isinstance(idx, types.Integer) and isinstance(expected, types.Integer)
+            and isinstance(new, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        old, val = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3))
+        return builder.extract_value(builder.cmpxchg(ptr, old, val, "seq_cst", "seq_cst"), 1)
+    return types.boolean(arr, idx, expected, new), codegen
+
+
+@intrinsic
+def address_of(typingctx, p):
+    """The address a C pointer holds, as an int64 (to pass it on through an int64 array)."""
+    if not isinstance(p, types.CPointer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(args[0], ir.IntType(64))
+    return types.int64(p), codegen
+
+
+def _inttoptr(context, builder, sig, args):
+    value = context.cast(builder, args[0], sig.args[0], types.int64)
+    return builder.inttoptr(value, context.get_value_type(sig.return_type))
+
+
+@intrinsic
+def float32_pointer(typingctx, address):
+    """The int64 ``address`` as a C float32 pointer (see :func:`address_of`)."""
+    if not isinstance(address, types.Integer):
+        return None
+    return types.CPointer(types.float32)(address), _inttoptr
+
+
+@intrinsic
+def int64_pointer(typingctx, address):
+    """The int64 ``address`` as a C int64 pointer (see :func:`address_of`)."""
+    if not isinstance(address, types.Integer):
+        return None
+    return types.CPointer(types.int64)(address), _inttoptr
+
+
+@intrinsic
 def cpu_relax(typingctx):
     """A spin-wait hint (x86 ``pause``; nothing elsewhere)."""
     def codegen(context, builder, sig, args):
@@ -96,6 +162,21 @@ def cpu_relax(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def cycle_counter(typingctx):
+    """The CPU's time-stamp counter (x86 ``rdtsc``: ticks at a constant rate of a few GHz);
+    0 elsewhere."""
+    def codegen(context, builder, sig, args):
+        if "x86" in builder.module.triple:
+            fn = builder.module.globals.get("llvm.readcyclecounter")
+            if fn is None:
+                fn = ir.Function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                 name="llvm.readcyclecounter")
+            return builder.call(fn, [])
+        return ir.Constant(ir.IntType(64), 0)
+    return types.int64(), codegen
 
 
 @intrinsic
@@ -112,7 +193,7 @@ def yield_cpu(typingctx):
     return types.void(), codegen
 
 
-SPINS = 20000       # pause instructions (~100 us) before a waiting worker starts yielding
+SPINS = 20000       # pause instructions (~0.5 ms on Zen 3) before a waiting worker yields
 
 
 @helper
@@ -139,6 +220,64 @@ def wait_done(sync, slot, n_jobs):
             yield_cpu()
 
 
+# ---------------------------------------------------------------- doorbells
+# A pool thread that has just run its part of a call waits a little for the next call in
+# machine code, on its *doorbell* (an int64 row of its own), rather than on its queue: the
+# calling thread rings it from machine code too (writes the call's arguments there, then
+# sets TASK), and it joins at once.  Woken through its queue instead, it would start ~100 us
+# after the calling thread (measured on a 2-vCPU VM: the operating system wakes it, then it
+# waits for Python's GIL), which back-to-back calls -- a stream of images, a benchmark --
+# pay every time (in-process A/B on Zen 3, 2 threads: whole models at batch 1 -1.2..2.2 %;
+# a GEMM op run 4 times per call +1.5..5.5 % GFLOP/s).  A thread that hears nothing for
+# about a millisecond goes back to its queue (ASLEEP) and uses no CPU.  door[0] moves
+# (by compare-and-swap where two threads could race):  ASLEEP -> WAITING (the pool thread,
+# entering serve) -> TASK (the caller, ringing) -> RUNNING (the pool thread, answering) ->
+# WAITING (it left the call) ... -> ASLEEP (it gave up waiting); TASK -> WAITING (the
+# caller, taking back a ring that came too late to be answered).
+DOOR = 16            # int64 fields of a doorbell (two cache lines)
+ASLEEP, WAITING, TASK, RUNNING = 0, 1, 2, 3
+ARGS = 1             # door[ARGS:]: the arguments of the call (program.ring)
+ANSWERED = DOOR - 1  # door[ANSWERED]: how many calls the pool thread joined from its doorbell
+SERVE_TICKS = 3000000  # how long a pool thread waits for the next call: x86 time-stamp counter
+#                        ticks, ~1 ms (the counter runs at 2-3.5 GHz); Model calls are ~0.4 ms
+#                        apart when made back to back (their Python before and after)
+SERVE_SPINS = 40000    # the same in pause instructions, without a counter (~1 ms on Zen 3)
+
+
+@helper
+def wait_for_call(door, wait):
+    """In a pool thread whose doorbell says WAITING: True once it answered a ring (the state
+    is then RUNNING and the call's arguments are in the door), False after SERVE_TICKS
+    without one -- at once if ``wait`` is 0 (the state is then ASLEEP)."""
+    start = cycle_counter()
+    n = 0
+    while True:
+        if atomic_load(door, 0) == TASK:
+            if atomic_cas(door, 0, TASK, RUNNING):
+                return True
+        elif wait == 0 or (cycle_counter() - start > SERVE_TICKS if start else n > SERVE_SPINS):
+            if atomic_cas(door, 0, WAITING, ASLEEP):
+                return False
+        else:
+            cpu_relax()
+            n += 1
+
+
+@helper
+def settle(door):
+    """In the calling thread, after its call: take back a ring the pool thread has not
+    answered, or wait until it has left the call (the call's arrays may be freed then)."""
+    if atomic_cas(door, 0, TASK, WAITING):
+        return
+    spins = 0
+    while atomic_load(door, 0) == RUNNING:
+        if spins < SPINS:
+            cpu_relax()
+            spins += 1
+        else:
+            yield_cpu()
+
+
 # ---------------------------------------------------------------- the pool
 def default_threads():
     """The cores this process may run on."""
@@ -149,7 +288,8 @@ def default_threads():
 
 
 class Pool:
-    """Threads that run ``fn(*args, sync, worker, n_workers)`` beside the calling thread."""
+    """Threads that run ``fn(*args, sync, worker, n_workers, doors)`` beside the calling
+    thread."""
 
     def __init__(self):
         self._reset_after_fork()
@@ -157,8 +297,9 @@ class Pool:
     def _reset_after_fork(self):
         self._lock = threading.Lock()
         self._threads, self._pid = [], os.getpid()
+        self._doors = np.zeros(0, np.int64)        # the threads' doorbell addresses
 
-    def run(self, fn, args, n_workers, sync_slots):
+    def run(self, fn, args, n_workers, sync_slots, serve=None):
         """Run ``fn`` on ``n_workers`` threads (this one is worker 0).
 
         ``sync_slots``: int64 counters the workers share (zeroed here).  ``fn`` must return
@@ -166,40 +307,56 @@ class Pool:
         module docstring); the pool threads may still be on their way out -- or not yet
         have started -- when this returns: they find no jobs left.  If the pool is busy
         (another thread's call) or ``n_workers`` is 1, this thread runs alone.
+
+        ``serve``: None, or a C function ``serve(door address, worker, wait)`` a pool thread
+        calls after its part of the call (with the GIL released) to wait on its doorbell for
+        the next call (SERVE_TICKS; not at all for threads beyond the cores this process may
+        use, which would only take a core from one that works).  A thread waiting there
+        is not sent the call through its queue: worker 0 is given the addresses of the
+        doorbells (``doors``, for workers 1..n_workers-1) and rings them itself; it returns
+        only once a thread that answered has left the call.
         """
         if os.getpid() != self._pid:             # a forked child: the threads are gone
             self._reset_after_fork()
         sync = np.zeros(sync_slots, np.int64)
         if n_workers <= 1 or not self._lock.acquire(blocking=False):
-            fn(*args, sync, 0, 1)
+            fn(*args, sync, 0, 1, None)
             return
         try:
             while len(self._threads) < n_workers - 1:
                 self._threads.append(_Worker(len(self._threads) + 1))
+                self._doors = np.array([w.door_address for w in self._threads], np.int64)
             for w in self._threads[:n_workers - 1]:
-                w.submit(fn, args, sync, n_workers)
-            fn(*args, sync, 0, n_workers)
+                if w.door[0] == ASLEEP:            # not waiting on its doorbell: wake it up
+                    w.submit(fn, args, sync, n_workers, serve)
+            fn(*args, sync, 0, n_workers, self._doors[:n_workers - 1] if serve else None)
         finally:
             self._lock.release()
 
 
 class _Worker:
-    """One pool thread: runs the tasks queued for it, in order."""
+    """One pool thread: runs the tasks queued for it, in order, and after each waits a
+    little on its doorbell for the next (``serve``, see :meth:`Pool.run`)."""
 
     def __init__(self, number):
         self.number = number
+        self.door = np.zeros(DOOR, np.int64)                  # ASLEEP
+        self.door_address = self.door.ctypes.data
+        self._wait = 1 if number < default_threads() else 0     # a thread per core waits
         self._tasks = queue.SimpleQueue()
         threading.Thread(target=self._loop, name=f"tinymvit-worker-{number}",
                          daemon=True).start()
 
-    def submit(self, fn, args, sync, n_workers):
-        self._tasks.put((fn, args, sync, n_workers))
+    def submit(self, fn, args, sync, n_workers, serve):
+        self._tasks.put((fn, args, sync, n_workers, serve))
 
     def _loop(self):
         while True:
-            fn, args, sync, n_workers = self._tasks.get()
+            fn, args, sync, n_workers, serve = self._tasks.get()
             try:
-                fn(*args, sync, self.number, n_workers)
+                fn(*args, sync, self.number, n_workers, None)
+                if serve is not None:
+                    serve(self.door_address, self.number, self._wait)
             except BaseException as exc:  # noqa: BLE001 - a pool thread must not die
                 # The calling thread has done (or does) every job this one did not, so the
                 # result is complete; say what happened rather than lose it.

@@ -12,7 +12,8 @@ from helpers import randn
 from tinymvit.kernels.policy import KernelArgumentError
 
 from tinymvit.kernels.attention_mha import multi_head_attention, multi_head_attention_reference
-from tinymvit.kernels.layout import copy_channels, copy_channels_reference
+from tinymvit.kernels.layout import (copy_channels, copy_channels_reference,
+                                    copy_checked_reference, copy_in)
 from tinymvit.kernels.attention_separable import (separable_attention,
                                                   separable_attention_reference)
 from tinymvit.kernels.norm import (group_norm1, group_norm1_reference, layer_norm,
@@ -365,34 +366,123 @@ def test_copy_channels_matches_reference(shape, c_out, c0):
 
 # ----------------------------------------------------------------------------- the executor
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 5])
-def test_program_runs_every_job_once_and_each_op_after_the_one_before(threads):
-    """A chain of ops, each reading the whole output of the one before, each accumulating
-    into its output in place (a job run twice would add twice), with 1 job, fewer jobs than
-    workers and runs of unequal length: the executor's per-worker runs of jobs, the help
-    from the other workers and the wait between ops give the NumPy result on any number of
-    threads."""
+def _op_chain(rng):
+    """A chain of ops, each reading the whole output of the one before and accumulating into
+    its output in place (a job run twice would add twice), with 1 job, fewer jobs than
+    workers and runs of unequal length.  Returns (A, W, ops, expected): ``expected(k)`` is
+    [(offset, values)] of the outputs after running the ops k times (NumPy, float64)."""
     from tinymvit.kernels.pointwise import gemm_op, prepare_pointwise_weight
-    from tinymvit.kernels.program import Arena, run_ops
-    rng = np.random.default_rng(threads)
+    from tinymvit.kernels.program import Arena
     A, W = Arena(), Arena()
     # (rows, output channels, the thread count the op's jobs were planned for)
     layers = [(3, 16, 1), (40, 24, 3), (700, 40, 2), (90, 70, 5), (13, 300, 4)]
     m0 = max(m for m, _, _ in layers)
     x = randn(rng, (m0, 8))
-    a_off, cin, ops, want, outs = A.add(x), 8, [], x.astype(np.float64), []
+    a_off, cin, ops, steps = A.add(x), 8, [], []
     for m, n, planned in layers:
         w, b, y0 = randn(rng, (n, cin), scale=0.3), randn(rng, (n,)), randn(rng, (m0, n))
         wp = prepare_pointwise_weight(w)
         o_off = A.add(y0)
         ops.append(gemm_op(a_off, m, cin, W.add(wp.panels), W.add(b), n, 0, o_off, o_off,
                            planned))                        # y[:m] += x[:m] @ w.T + b
-        want = np.concatenate([y0[:m] + want[:m] @ w.T.astype(np.float64) + b,
-                               y0[m:]])                     # (m0, n)
-        outs.append((o_off, want))
+        steps.append((m, w.T.astype(np.float64), b, o_off, y0.astype(np.float64)))
         a_off, cin = o_off, n
     jobs = {op.n_jobs for op in ops}
     assert 1 in jobs and len(jobs) >= 3, jobs
-    arena = run_ops(ops, A.build(), W.build(), threads)
-    for o_off, want in outs:
+
+    def expected(k):
+        ys = [y0.copy() for *_, y0 in steps]
+        for _ in range(k):
+            a = x.astype(np.float64)
+            for (m, wt, b, _, _), y in zip(steps, ys):
+                y[:m] += a[:m] @ wt + b                     # (m0, n)
+                a = y
+        return [(o_off, y) for (*_, o_off, _), y in zip(steps, ys)]
+    return A, W, ops, expected
+
+
+def _check_outputs(arena, outputs):
+    for o_off, want in outputs:
         assert_close(arena[o_off:o_off + want.size].reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_program_runs_every_job_once_and_each_op_after_the_one_before(threads):
+    """The executor's per-worker runs of jobs, the help from the other workers and the wait
+    between ops give the NumPy result on any number of threads (see :func:`_op_chain`)."""
+    from tinymvit.kernels.program import run_ops
+    A, W, ops, expected = _op_chain(np.random.default_rng(threads))
+    _check_outputs(run_ops(ops, A.build(), W.build(), threads), expected(1))
+
+
+def test_pool_threads_join_back_to_back_calls_from_their_doorbells():
+    """After its part of a call a pool thread waits a little on its doorbell, and the next
+    call rings it there instead of waking it through its queue: back-to-back calls are
+    joined that way (by the threads the process has cores for).  Back-to-back calls, calls
+    after a pause (the threads gone back to their queues), with more or fewer threads, or
+    from a second Python thread while the pool is busy: each job runs exactly once."""
+    import threading
+    import time
+
+    from tinymvit.kernels.program import bind_ops, run_ops
+    from tinymvit.kernels.workers import ANSWERED, ASLEEP, POOL
+    A, W, ops, expected = _op_chain(np.random.default_rng(7))
+    a0, w0 = A.build(), W.build()
+    runs = {t: bind_ops(ops, a0.copy(), w0, t) for t in (1, 2, 3)}
+    done = dict.fromkeys(runs, 0)
+    def call(threads, pause):
+        runs[threads][1]()
+        done[threads] += 1
+        time.sleep(pause)
+
+    call(3, 0)                                  # the pool has two threads now
+    first, second = POOL._threads[:2]
+    answered = int(first.door[ANSWERED]), int(second.door[ANSWERED])
+    for _ in range(500):                        # calls 0.2 ms apart (these ones take ~0.1 ms)
+        call(2, 0.0002)
+        if int(first.door[ANSWERED]) >= answered[0] + 5:
+            break
+    for threads, pause in [(3, 0.0002)] * 20 + [(2, 0.01), (3, 0.01), (1, 0), (2, 0)] * 5:
+        call(threads, pause)                    # 10 ms: the threads go back to their queues
+    for w, a in zip((first, second), answered):     # threads beyond the cores never wait
+        assert int(w.door[ANSWERED]) > a if w._wait else int(w.door[ANSWERED]) == a
+    for t, (arena, _) in runs.items():
+        _check_outputs(arena, expected(done[t]))
+    time.sleep(0.05)
+    assert all(w.door[0] == ASLEEP for w in POOL._threads)     # no thread spins on
+    arena, run = bind_ops(ops, a0.copy(), w0, 2)
+    errors = []
+
+    def elsewhere():                            # each call on its own arena
+        try:
+            for _ in range(10):
+                _check_outputs(run_ops(ops, a0.copy(), w0, 2), expected(1))
+        except AssertionError as exc:          # pragma: no cover - reported below
+            errors.append(exc)
+    other = threading.Thread(target=elsewhere)
+    other.start()
+    for _ in range(10):
+        run()
+    other.join()
+    assert not errors
+    _check_outputs(arena, expected(10))
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 15, 16, 17, 100, 3 * 224 * 224])
+def test_copy_in_copies_and_finds_nan_and_infinities(n):
+    """A call's input is copied into the arena and checked in one pass: equal to NumPy's
+    copy and ``np.isfinite(x).all()``, wherever the NaN or infinity is (first value, a
+    whole vector, the tail shorter than a vector, the last value)."""
+    rng = np.random.default_rng(n)
+    x = randn(rng, (n,), scale=1e3)
+    x[0] = 3.4e38                                       # extreme but finite
+    for bad_at in [None, 0, n // 2, n - 1]:
+        for bad in (np.nan, np.inf, -np.inf):
+            src = x.copy()
+            if bad_at is not None:
+                src[bad_at] = bad
+            got, want = np.full(n, 7.0, np.float32), np.empty(n, np.float32)
+            assert copy_in(got, src) == copy_checked_reference(want, src) == (bad_at is None)
+            assert_array_equal(got, want)
+            if bad_at is None:
+                break

@@ -16,7 +16,7 @@ import numpy as np
 from . import kernels, limits
 from .config import Config
 from .errors import CheckpointError, InputError, NumericalError, TinyMViTError
-from .graph import GraphBuilder, InputTooSmall
+from .graph import GraphBuilder, InputTooSmall, NonFiniteInput
 from .hub import open_checkpoint
 from .models import BUILDERS, backbone_prefix
 from .preprocess import ImageProcessor
@@ -56,11 +56,6 @@ class ModelOutput:
             v = getattr(self, k)
             parts.append(f"{k}={tuple(v.shape) if hasattr(v, 'shape') else f'{len(v)} maps'}")
         return f"ModelOutput({', '.join(parts)})"
-
-
-def _nchw(a):
-    """NHWC map -> contiguous NCHW array; (N, C) vectors pass through."""
-    return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
 
 
 def detect_head(tensors):
@@ -148,15 +143,17 @@ class Model:
 
         ``backend``: "numba" or "numpy" for this call (default: :attr:`backend`).
         """
-        res = self._run(pixel_values, output_hidden_states, backend)
-        out = {k: (_nchw(res[v]) if v else None) for k, v in self.graph.outputs.items()
+        res = self._run(pixel_values, output_hidden_states, backend, nchw=True)
+        out = {k: (res[v] if v else None) for k, v in self.graph.outputs.items()
                if k != "hidden_states"}
         if output_hidden_states:
-            out["hidden_states"] = tuple(_nchw(res[v]) for v in self.graph.outputs["hidden_states"])
+            out["hidden_states"] = tuple(res[v] for v in self.graph.outputs["hidden_states"])
         return ModelOutput(**out)
 
-    def _run(self, pixel_values, with_hidden=False, backend=None, keep=(), timings=None):
-        """The checked forward pass: {tensor name: NHWC array} of the outputs and ``keep``."""
+    def _run(self, pixel_values, with_hidden=False, backend=None, keep=(), timings=None,
+             nchw=False):
+        """The checked forward pass: {tensor name: array} of the outputs and ``keep``, maps
+        NHWC as computed (or NCHW, as transformers returns them, with ``nchw``)."""
         backend = self._backend if backend is None else _check_backend(backend)
         x = self._check_pixel_values(pixel_values)
         self._check_input_shape(x.shape)
@@ -165,9 +162,11 @@ class Model:
             # segment() refuse them), never numpy warnings on stderr.
             with np.errstate(all="ignore"):
                 return self.graph.run(x, with_hidden=with_hidden, threads=self._threads(),
-                                      timings=timings, backend=backend, keep=keep)
+                                      timings=timings, backend=backend, keep=keep, nchw=nchw)
         except InputTooSmall as exc:
             raise InputError(self._too_small_message(x.shape, exc)) from None
+        except NonFiniteInput:            # checked by graph.run as it copies x in
+            raise InputError("pixel_values holds NaN or infinite values") from None
         except ArithmeticError as exc:        # e.g. a division by an overflowed zero variance
             raise NumericalError(f"the forward pass overflowed float32 ({type(exc).__name__}: "
                                  f"{exc}); the input or the checkpoint's weights are out of "
@@ -233,9 +232,7 @@ class Model:
                              f"{tuple(x.shape)}{hint}")
         if 0 in x.shape:
             raise InputError(f"pixel_values is empty: shape {tuple(x.shape)}")
-        if not np.isfinite(x).all():
-            raise InputError("pixel_values holds NaN or infinite values")
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(x)     # NaN and infinities: see _run
 
     def activation_bytes(self, shape):
         """Total size in bytes of the intermediate tensors of a forward pass on an input of

@@ -39,6 +39,17 @@ class InputTooSmall(InputError):
     """Raised while planning when a feature map becomes too small for a layer."""
 
 
+class NonFiniteInput(InputError):
+    """Raised by :meth:`Graph.run` when the input holds NaN or infinite values."""
+
+
+def _finite(x):
+    """Whether every value of float32 ``x`` is finite: NaN wins min and max, an infinity
+    one of them, and their sum in float64 cannot overflow.  Two reductions without the
+    temporary array of ``np.isfinite(x).all()``."""
+    return bool(np.isfinite(float(x.min()) + float(x.max())))
+
+
 UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout in_checkpoint")
 UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) reading tensor ``input`` that transformers
 computes but nothing reads, so tinymvit does not run it (listed by summaries); its weights
@@ -51,6 +62,14 @@ Tensor.__doc__ = "A tensor of a plan: its offset in the activation arena and its
 def view(A, t):
     """The NumPy view of tensor ``t`` in arena ``A``."""
     return A[t.off:t.off + math.prod(t.shape)].reshape(t.shape)
+
+
+def _copy_out(a, nchw):
+    """A copy of ``a``: as it is, or -- a 4-D map when ``nchw`` -- as a contiguous
+    (N, C, H, W) array, transposed in the same pass."""
+    if nchw and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))                 # (N, C, H, W)
+    return a.copy()
 
 
 # ----------------------------------------------------------------------------------------
@@ -721,20 +740,28 @@ class Graph:
             while len(self._pool) > self.MAX_CACHED_SHAPES:  # e.g. segment() on photos of
                 self._pool.popitem(last=False)               # many sizes: bound the memory
 
-    def run(self, x, with_hidden=False, threads=None, timings=None, backend="numba", keep=()):
+    def run(self, x, with_hidden=False, threads=None, timings=None, backend="numba", keep=(),
+            nchw=False):
         """Run on NCHW float32 ``x``; returns {name: NHWC array (a copy)} of the outputs.
+        Raises NonFiniteInput if ``x`` holds NaN or infinite values.
 
         ``threads``: worker threads (default: every core).  If ``timings`` is a list,
         (node, seconds) pairs are appended to it (profiling).  ``backend``: "numba" (the
         planned program of compiled kernels) or "numpy" (:meth:`run_reference`).  ``keep``:
-        more tensors to return (e.g. every node's output, for debugging).
+        more tensors to return (e.g. every node's output, for debugging).  ``nchw``: maps
+        come back as contiguous (N, C, H, W) arrays instead, transposed as they are copied
+        out (one pass over them, not two).
         """
         kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
         if backend == "numpy":
-            return self.run_reference(x, kept, timings)
+            if not _finite(x):
+                raise NonFiniteInput("the input holds NaN or infinite values")
+            values = self.run_reference(x, kept, timings)
+            return {name: _copy_out(a, nchw) for name, a in values.items()} if nchw else values
         key, plan = self._acquire(x.shape, kept, threads or workers.default_threads())
         try:
-            view(plan.arena, plan.tensors[self.input])[...] = x
+            if not layout.copy_in(view(plan.arena, plan.tensors[self.input]), x):
+                raise NonFiniteInput("the input holds NaN or infinite values")
             if timings is None:
                 plan.run(self.weights, plan.steps)
             else:
@@ -742,7 +769,7 @@ class Graph:
                     t0 = time.perf_counter()
                     plan.run(self.weights, steps)
                     timings.append((node, time.perf_counter() - t0))
-            return {name: view(plan.arena, plan.tensors[name]).copy() for name in kept}
+            return {name: _copy_out(view(plan.arena, plan.tensors[name]), nchw) for name in kept}
         finally:
             self._release(key, plan)
 
