@@ -55,17 +55,27 @@ types = LazyModule("numba.core.types")
 
 
 # ---------------------------------------------------------------- atomics
+def _slot(arr, idx, *ints):
+    """Typing check of the atomics: an int64 C array, an integer index, integer values."""
+    return (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+            and all(isinstance(v, types.Integer) for v in (idx, *ints)))
+
+
+def _slot_pointer(context, builder, sig, args):
+    """The address of arr[idx] (arguments 0 and 1), and the other arguments as int64."""
+    data = context.make_array(sig.args[0])(context, builder, args[0]).data
+    ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+    return ptr, [context.cast(builder, a, t, types.int64) for a, t in zip(args[2:], sig.args[2:])]
+
+
 @intrinsic
 def atomic_add(typingctx, arr, idx, value):
     """arr[idx] += value atomically (sequentially consistent); returns the old value."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(value, types.Integer)):
+    if not _slot(arr, idx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr, (val,) = _slot_pointer(context, builder, sig, args)
         return builder.atomic_rmw("add", ptr, val, "seq_cst")
     return types.int64(arr, idx, value), codegen
 
@@ -73,13 +83,11 @@ def atomic_add(typingctx, arr, idx, value):
 @intrinsic
 def atomic_load(typingctx, arr, idx):
     """arr[idx], read atomically with acquire order (sees what others wrote before their add)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
-            and isinstance(idx, types.Integer)):
+    if not _slot(arr, idx):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        ptr, _ = _slot_pointer(context, builder, sig, args)
         return builder.load_atomic(ptr, "acquire", 8)
     return types.int64(arr, idx), codegen
 
@@ -88,14 +96,11 @@ def atomic_load(typingctx, arr, idx):
 def atomic_store(typingctx, arr, idx, value):
     """arr[idx] = value, written atomically with release order (what this thread wrote
     before is seen by whoever reads the value with acquire order)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(value, types.Integer)):
+    if not _slot(arr, idx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr, (val,) = _slot_pointer(context, builder, sig, args)
         builder.store_atomic(val, ptr, "release", 8)
         return context.get_dummy_value()
     return types.void(arr, idx, value), codegen
@@ -105,15 +110,11 @@ def atomic_store(typingctx, arr, idx, value):
 def atomic_cas(typingctx, arr, idx, expected, new):
     """If arr[idx] == expected, set it to new -- atomically, sequentially consistent;
     returns whether it did (compare-and-swap)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(expected, types.Integer)
-            and isinstance(new, types.Integer)):
+    if not _slot(arr, idx, expected, new):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        old, val = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3))
+        ptr, (old, val) = _slot_pointer(context, builder, sig, args)
         return builder.extract_value(builder.cmpxchg(ptr, old, val, "seq_cst", "seq_cst"), 1)
     return types.boolean(arr, idx, expected, new), codegen
 
