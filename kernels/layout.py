@@ -142,9 +142,6 @@ def copy_checked(pdst, psrc, n):
     return 1 if total == total else 0
 
 
-_COPY_CHECKED = []     # its ctypes function (made on first use)
-
-
 def copy_in(dst, src):
     """``dst[...] = src`` (C-contiguous float32 arrays of one size); returns whether every
     value is finite (:func:`copy_checked`)."""
@@ -152,8 +149,4 @@ def copy_in(dst, src):
         check(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous,
               f"{name} must be a C-contiguous float32 array")
     check(dst.size == src.size, f"sizes differ: {dst.size} vs {src.size}")
-    if not _COPY_CHECKED:
-        import ctypes
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        _COPY_CHECKED.append(ctypes.CFUNCTYPE(i64, ptr, ptr, i64)(copy_checked.address))
-    return bool(_COPY_CHECKED[0](dst.ctypes.data, src.ctypes.data, src.size))
+    return bool(copy_checked.callable()(dst.ctypes.data, src.ctypes.data, src.size))

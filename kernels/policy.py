@@ -34,6 +34,7 @@ The options:
   be stale); ``TINYMVIT_NUMBA_CACHE=0`` turns it off.
 """
 import os
+import re
 import threading
 
 import numpy as np
@@ -79,7 +80,7 @@ class CFunction:
         self.py_func, self.signature = fn, signature
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
         self.key = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
-        self._address, self._keep = None, None
+        self._address, self._keep, self._callable = None, None, None
 
     @property
     def status(self):
@@ -93,6 +94,19 @@ class CFunction:
             if self._address is None:
                 self._address = native.load(CACHE_DIR, self.key) or self._compile()
         return self._address
+
+    def callable(self):
+        """This C function called from Python (ctypes, which releases the GIL during the call),
+        its argument and result types read from its signature: int64 or a C pointer (passed as
+        an address), void."""
+        if self._callable is None:
+            import ctypes
+            ret, args = re.fullmatch(r"(\w+)\((.*)\)", self.signature.replace(" ", "")).groups()
+            c_type = {"void": None, "int64": ctypes.c_int64}
+            c_args = [ctypes.c_void_p if a.startswith("CPointer") else c_type[a]
+                      for a in re.findall(r"CPointer\(\w+\)|\w+", args)]
+            self._callable = ctypes.CFUNCTYPE(c_type[ret], *c_args)(self.address)
+        return self._callable
 
     def _compile(self):
         global _ANNOUNCED

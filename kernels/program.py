@@ -335,34 +335,18 @@ def run_part(pa, a_size, pw, w_size, pprog, n_ops, pjobs, first, last, psync, wo
         wait_done(sync, slots * (last - first) - 1, prog[last - 1, 1])
 
 
-_C = {}      # ctypes functions of execute and serve (made on first use)
-
-
-def _c_function(name):
-    if name not in _C:
-        import ctypes
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        if name == "execute":
-            proto = ctypes.CFUNCTYPE(None, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, ptr,
-                                     i64, i64, ptr, i64)
-            _C[name] = proto(execute.address)
-        else:
-            _C[name] = ctypes.CFUNCTYPE(None, ptr, i64, i64)(serve.address)
-    return _C[name]
-
-
 def _execute(A, W, prog, jobs, first, last, sync, worker, n_workers, doors):
     """Call :func:`execute` (through ctypes, which releases the GIL during the call)."""
-    _c_function("execute")(A.ctypes.data, A.size, W.ctypes.data, W.size, prog.ctypes.data,
-                           prog.shape[0], jobs.ctypes.data, first, last, sync.ctypes.data,
-                           worker, n_workers, None if doors is None else doors.ctypes.data,
-                           0 if doors is None else doors.size)
+    execute.callable()(A.ctypes.data, A.size, W.ctypes.data, W.size, prog.ctypes.data,
+                       prog.shape[0], jobs.ctypes.data, first, last, sync.ctypes.data, worker,
+                       n_workers, None if doors is None else doors.ctypes.data,
+                       0 if doors is None else doors.size)
 
 
 def run_program(A, W, prog, jobs, first, last, threads=1):
     """Run ops first..last of ``prog`` on ``threads`` threads (jobs: :func:`job_addresses`)."""
     POOL.run(_execute, (A, W, prog, jobs, first, last), threads,
-             (threads + 1) * (last - first), _c_function("serve") if threads > 1 else None)
+             (threads + 1) * (last - first), serve.callable() if threads > 1 else None)
 
 
 def bind_ops(ops, A, W, threads=None):

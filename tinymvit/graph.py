@@ -43,13 +43,6 @@ class NonFiniteInput(InputError):
     """Raised by :meth:`Graph.run` when the input holds NaN or infinite values."""
 
 
-def _finite(x):
-    """Whether every value of float32 ``x`` is finite: NaN wins min and max, an infinity
-    one of them, and their sum in float64 cannot overflow.  Two reductions without the
-    temporary array of ``np.isfinite(x).all()``."""
-    return bool(np.isfinite(float(x.min()) + float(x.max())))
-
-
 UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout in_checkpoint")
 UnusedLayer.__doc__ = """A 1x1 conv layer (BN, ``act``) reading tensor ``input`` that transformers
 computes but nothing reads, so tinymvit does not run it (listed by summaries); its weights
@@ -754,7 +747,7 @@ class Graph:
         """
         kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
         if backend == "numpy":
-            if not _finite(x):
+            if not np.isfinite(x).all():
                 raise NonFiniteInput("the input holds NaN or infinite values")
             values = self.run_reference(x, kept, timings)
             return {name: _copy_out(a, nchw) for name, a in values.items()} if nchw else values
