@@ -25,7 +25,8 @@ The *separable* op here makes a band of output rows per parallel job instead:
   copied when there is no expand conv;
 * ring rows carry zero columns on both sides, and a row of zeros stands in for
   rows above or below the input, so every tap of every output pixel reads real
-  memory and no pixel is a border case;
+  memory and no pixel is a border case; with 128, 256, 512... channels a ring
+  pixel is one cache line longer than its channels (:func:`pixel_stride`);
 * each depthwise output row is made from the ring (``simd.dw_tile``: DW_PIX = 4
   pixels x one channel vector in registers over the taps, then bias and activation);
 * output rows are *consumed* by the 1x1 reduce conv, a few rows at a time, straight
@@ -95,8 +96,9 @@ def unpack_depthwise_weight(w):
 
 # ---------------------------------------------------------------- one output row
 @helper
-def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s, d):
-    """One output row (wo pixels x c channels) into dst.flat[d_off:], from padded rows of src.
+def depthwise_row(src, offs, xs, w, w_off, kh, kw, c, b_off, act, dst, d_off, ds, wo, s, d):
+    """One output row (wo pixels x c channels, ds floats apart) into dst.flat[d_off:], from
+    padded rows of src (pixels xs floats apart).
 
     offs[a]: flat offset in src of the padded input row read by tap row a; pixel j's first
     tap is at padded column j*s.  Tiles of DW_PIX pixels (d apart at stride 1: a dilated
@@ -113,24 +115,24 @@ def depthwise_row(src, offs, w, w_off, kh, kw, c, b_off, act, dst, d_off, wo, s,
     j = 0
     while j + DW_PIX * step <= wo:        # blocks of step interleaved tiles
         for q in range(j, j + step):
-            o = d_off + q * c
+            o = d_off + q * ds
             if c_full:
-                dw_tile(dst, o, src, offs, q * s, step, w, w_off, b_off, kh, kw, c, 0, c_full,
-                        s, d, tile_act)
+                dw_tile(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, c, 0,
+                        c_full, s, d, tile_act)
             if c_full < c:
-                dw_tile_n(dst, o, src, offs, q * s, step, w, w_off, b_off, kh, kw, c, c_full, c,
-                          s, d, tile_act)
+                dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, c,
+                          c_full, c, s, d, tile_act)
         j += DW_PIX * step
     for j in range(j, wo):                # then single pixels
-        o = d_off + j * c
+        o = d_off + j * ds
         if c_full:
-            dw_pixel(dst, o, src, offs, j * s, 1, w, w_off, b_off, kh, kw, c, 0, c_full, s, d,
-                     tile_act)
+            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c, 0, c_full,
+                     s, d, tile_act)
         if c_full < c:
-            dw_pixel_n(dst, o, src, offs, j * s, 1, w, w_off, b_off, kh, kw, c, c_full, c, s, d,
-                       tile_act)
-    if act == ACT_SILU:
-        activate(dst, d_off, wo * c, act)
+            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c, c_full,
+                       c, s, d, tile_act)
+    if act == ACT_SILU:                   # (and the padding between pixels: never read)
+        activate(dst, d_off, (wo - 1) * ds + c, act)
 
 
 # ---------------------------------------------------------------- the separable op
@@ -141,7 +143,21 @@ SEPARABLE_FIELDS = (
     "dw_w_off", "dw_b_off", "kh", "kw", "act", "stride", "dil", "pad_t", "pad_l",  # depthwise
     "has_reduce", "re_w_off", "re_b_off", "re_act", "cout", "r_off", "has_res",  # 1x1 reduce
     "o_off", "ho", "wo",                                     # output map
-    "rows_per_job", "ring_w", "band_rows")                   # the plan
+    "rows_per_job", "ring_w", "band_rows", "ring_px", "band_px")  # the plan
+
+
+PAD_AT = 128      # channel counts (floats) whose pixel stride in the ring gets one more line
+
+
+def pixel_stride(c):
+    """Floats from one pixel to the next in a job's ring and band rows: ``c``, plus one
+    cache line (16 floats) when c is a multiple of PAD_AT floats (8 lines).  A depthwise tile
+    reads 6 pixels of 3 ring rows at once; with a pixel stride of 2 KiB (512 channels) they
+    all fall into 2 of the 64 sets of a 32 KiB 8-way L1 cache and evict each other before the
+    tile's next channel vector reads the other half of their lines (a 3x3 row with 512
+    channels took 3x the time of one with 480 or 528, with 1024 channels 7-11x, on Zen 3).
+    An odd number of lines per pixel spreads them over all the sets."""
+    return c + 16 if c % PAD_AT == 0 else c
 
 
 def ring_shape(w_in, wo, kw, stride, dil, pad_l, kh):
@@ -163,13 +179,14 @@ def separable_job(pa, a_size, pw, w_size, pp, j, worker):
     has_reduce, re_w_off, re_b_off, re_act, cout, r_off, has_res = (p[21], p[22], p[23], p[24],
                                                                     p[25], p[26], p[27])
     o_off, ho, wo, rows_per_job, ring_w, band_rows = p[28], p[29], p[30], p[31], p[32], p[33]
+    xs, bs = p[34], p[35]                                 # floats from pixel to pixel
     per_img = (ho + rows_per_job - 1) // rows_per_job
     n = j // per_img
     i_lo = (j - n * per_img) * rows_per_job
     i_hi = min(ho, i_lo + rows_per_job)
 
     n_slots = (kh - 1) * d + s
-    row_len = ring_w * ch
+    row_len = ring_w * xs
     ring = scratch(p, worker)                             # padded input rows; last: zeros
     zero_floats(A, ring, (n_slots + 1) * row_len)
     zero_off = ring + n_slots * row_len
@@ -182,27 +199,30 @@ def separable_job(pa, a_size, pw, w_size, pp, j, worker):
         ih0 = i * s - pad_t
         last = min(h - 1, ih0 + (kh - 1) * d)
         while nxt <= last:                                # produce the rows this one needs
-            r = ring + (nxt % n_slots) * row_len + pad_l * ch
+            r = ring + (nxt % n_slots) * row_len + pad_l * xs
             src = x_img + nxt * w_in * cin
             if has_expand:                                # the 1x1 expand conv of input row nxt
                 gemm_block(A, src, cin, w_in, cin, W, ex_w_off, 0, (ch + NR - 1) // NR,
-                           ex_b_off, ex_act, ch, A, r, ch, A, r, False)
-            else:                                         # a copy of input row nxt
+                           ex_b_off, ex_act, ch, A, r, xs, A, r, False)
+            elif xs == ch:                                # a copy of input row nxt
                 copy_floats(A, r, A, src, w_in * ch)
+            else:
+                for q in range(w_in):
+                    copy_floats(A, r + q * xs, A, src + q * ch, ch)
             nxt += 1
         for a in range(kh):
             ih = ih0 + a * d
             offs[a] = ring + (ih % n_slots) * row_len if 0 <= ih < h else zero_off
         if has_reduce == 0:
-            depthwise_row(A, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
-                          o_off + (n * ho + i) * wo * ch, wo, s, d)
+            depthwise_row(A, offs, xs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
+                          o_off + (n * ho + i) * wo * ch, ch, wo, s, d)
             continue
-        depthwise_row(A, offs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
-                      band + pending * wo * ch, wo, s, d)
+        depthwise_row(A, offs, xs, W, dw_w_off, kh, kw, ch, dw_b_off, act, A,
+                      band + pending * wo * bs, bs, wo, s, d)
         pending += 1
         if pending == band_rows or i == i_hi - 1:         # the 1x1 reduce conv of the band
             pix = (n * ho + i - pending + 1) * wo
-            gemm_block(A, band, ch, pending * wo, ch, W, re_w_off, 0, (cout + NR - 1) // NR,
+            gemm_block(A, band, bs, pending * wo, ch, W, re_w_off, 0, (cout + NR - 1) // NR,
                        re_b_off, re_act, cout, A, o_off + pix * cout, cout, A,
                        r_off + pix * cout, has_res != 0)
             pending = 0
@@ -253,15 +273,17 @@ def separable_op(x_off, x_shape, o_off, out_shape, dw, expand=None, reduce=None,
     ring_rows, ring_w = ring_shape(w_in, wo, kw, stride, dilation, pad_left, kh)
     band_rows = max(1, min(rows, -(-96 // wo)))             # >= ~96 pixels per reduce product
     check(kh <= MAX_KERNEL, f"depthwise kernels larger than {MAX_KERNEL} are not supported")
-    ring_floats = ring_rows * ring_w * ch
-    band_floats = band_rows * wo * ch if reduce is not None else 0
+    xs = pixel_stride(ch)
+    bs = xs if reduce is not None else ch
+    ring_floats = ring_rows * ring_w * xs
+    band_floats = band_rows * wo * bs if reduce is not None else 0
     from .program import Op
     return Op("separable", n * -(-ho // rows),
               (x_off, n, h, w_in, cin, expand is not None, ex_w_off, ex_b_off, ex_act, ch,
                dw_w_off, dw_b_off, kh, kw, act, stride, dilation, pad_top, pad_left,
                reduce is not None, re_w_off, re_b_off, re_act, cout,
                o_off if r_off is None else r_off, r_off is not None, o_off, ho, wo, rows,
-               ring_w, band_rows), scratch=ring_floats + band_floats)
+               ring_w, band_rows, xs, bs), scratch=ring_floats + band_floats)
 
 
 # ---------------------------------------------------------------- the standalone calls

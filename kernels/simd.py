@@ -785,17 +785,17 @@ def _dw_codegen(npix, masked):
     read 6 columns per tap row instead of 12; at stride 2 (undilated) 9 instead of 12."""
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
-                                     for i in (0, 2, 3, 6))
-        d_off, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
+                                     for i in (0, 3, 4, 8))
+        d_off, ds, xs, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
             _intp(context, builder, args[i], sig.args[i])
-            for i in (1, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
+            for i in (1, 2, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
         b_p = builder.gep(w_p, [b_off])
         dst_p, w_p = builder.gep(dst_p, [d_off]), builder.gep(w_p, [w_off])
-        dc, x0 = builder.mul(d, c), builder.mul(col, c)
-        out_step = builder.mul(step, c)               # from one of the tile's pixels to the next
-        in_step = builder.mul(s, out_step)            # ... and their first taps
+        dc, x0 = builder.mul(d, xs), builder.mul(col, xs)   # input pixels are xs floats apart
+        out_step = builder.mul(step, ds)              # from one of the tile's pixels to the next
+        in_step = builder.mul(s, builder.mul(step, xs))   # ... and their first taps
 
         def row_pointers(a, c0):
             x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
@@ -866,7 +866,7 @@ def _dw_codegen(npix, masked):
                                                                eq(step, const(1))))) \
                         as (stride2, rest):
                     with stride2:                    # columns 2q + b
-                        over_channels(unrolled_3x3(2, c))
+                        over_channels(unrolled_3x3(2, xs))
                     with rest:
                         over_channels(generic)
         return context.get_dummy_value()
@@ -875,15 +875,16 @@ def _dw_codegen(npix, masked):
 
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
-    def tile(typingctx, dst, d_off, src, offs, col, step, w, w_off, b_off, kh, kw, c, c_lo, c_hi,
-             s, d, act):
+    def tile(typingctx, dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw, c,
+             c_lo, c_hi, s, d, act):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.layout == "C"
-                and _ints(d_off, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act)):
+                and _ints(d_off, ds, xs, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d,
+                          act)):
             return None
-        return (types.void(dst, d_off, src, offs, col, step, w, w_off, b_off, kh, kw, c, c_lo,
-                           c_hi, s, d, act), _dw_codegen(npix, masked))
+        return (types.void(dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw, c,
+                           c_lo, c_hi, s, d, act), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
 
@@ -896,15 +897,16 @@ DW_ACTIVATIONS = ACTIVATIONS_IR[1:3]
 _DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU or
 ReLU6: a run-time code; any other leaves the sums as they are, see DW_ACTIVATIONS)::
 
-    dst.flat[d_off + q*step*c + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
-                                          w.flat[w_off + (a*kw + b)*c + ch]
-                                          * src.flat[offs[a] + (col + q*step*s + b*d)*c + ch])
+    dst.flat[d_off + q*step*ds + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
+                                           w.flat[w_off + (a*kw + b)*c + ch]
+                                           * src.flat[offs[a] + (col + q*step*s + b*d)*xs + ch])
 
 for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}): output pixels ``step`` apart (1;
 d for a dilated 3x3 kernel at stride 1, whose pixels then share input columns).
 ``offs[a]`` is the flat offset of the input row read by tap row a (padded: every tap must
 lie inside src), ``col`` the column of pixel 0's first tap, s the stride, d the dilation, w
-a (kh, kw, c) weight and the c biases."""
+a (kh, kw, c) weight and the c biases; input pixels are xs >= c floats apart, output pixels
+ds >= c (see depthwise.pixel_stride)."""
 dw_tile = _dw_intrinsic(DW_PIX, False, _DW_DOC.format(
     what="DW_PIX output pixels", npix="DW_PIX",
     lanes="whole vectors: c_hi - c_lo a multiple of VEC"))

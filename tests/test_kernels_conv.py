@@ -87,6 +87,8 @@ DEPTHWISE_CASES = [  # (N, H, W, C, k, stride, dilation, tf_padding)
     (1, 30, 30, 48, 3, 1, 1, False), (1, 31, 31, 32, 3, 2, 1, True), (2, 12, 20, 7, 3, 1, 2, True),
     (1, 4, 4, 1, 3, 1, 1, False), (1, 11, 23, 96, 5, 1, 1, False), (1, 33, 33, 80, 3, 1, 4, True),
     (1, 2, 2, 40, 3, 2, 1, True), (1, 1, 1, 16, 3, 1, 1, False), (3, 10, 10, 17, 1, 1, 1, False),
+    # channel counts whose ring pixels are padded (depthwise.pixel_stride)
+    (1, 7, 9, 128, 3, 2, 1, True), (2, 5, 6, 256, 3, 1, 2, False), (1, 6, 5, 512, 5, 1, 1, False),
 ]
 
 
@@ -117,6 +119,11 @@ SEPARABLE_CASES = [  # (N, H, W, Cin, Ch, Cout, stride, dilation, expand, reduce
     (2, 14, 14, 96, 576, 160, 2, 1, True, True, False),  # stride 2, batch 2
     (1, 6, 10, 32, 32, 16, 1, 1, False, True, False),    # depthwise + reduce (MobileViTV2)
     (1, 5, 6, 8, 48, 48, 1, 1, True, False, False),      # expand + depthwise
+    # ring and band pixels padded by a cache line (depthwise.pixel_stride)
+    (1, 9, 11, 64, 128, 32, 2, 1, True, True, False),    # expand, stride 2
+    (2, 6, 7, 256, 256, 24, 1, 1, False, True, False),   # copied rows + reduce
+    (1, 6, 5, 24, 128, 24, 1, 2, True, True, True),      # dilated, residual
+    (1, 5, 9, 16, 128, 128, 1, 1, True, False, False),   # expand + depthwise
 ]
 
 
