@@ -124,10 +124,12 @@ def unpack_conv_weight(wp):
 
 # ---------------------------------------------------------------- the kernel
 # fields of a "conv" / "conv_direct" op row, after [code, jobs].  Staged: ``a`` tiles per job,
-# ``b`` tiles per chunk, ``c`` input rows staged per chunk; direct: ``a`` output rows per job, ``b``
-# panels per job (``c`` unused).
+# ``b`` tiles per chunk, ``c`` input rows staged per chunk, ``row_w`` columns of a staged row
+# (:func:`staged_width`); direct: ``a`` output rows per job, ``b`` panels per job (``c`` and
+# ``row_w`` unused).
 CONV_FIELDS = ("x_off", "n_img", "h", "w", "cin", "o_off", "ho", "wo", "cout", "kh", "kw",
-               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "a", "b", "c", "nchw")
+               "w_off", "b_off", "act", "stride", "dil", "pad_t", "pad_l", "a", "b", "c", "nchw",
+               "row_w")
 DIRECT_MIN_CHANNELS = 32   # from this many input channels, taps may be read in place
 STAGED_MAX_FLOATS = 65536  # most staged floats (256 KiB) of one tile of a many-channel conv
 CHUNK_FLOATS = 32768       # a staged job's rows grow to this for longer chunks of tiles
@@ -169,7 +171,7 @@ def _staged_rows(A, W, p, j, worker):
     q_lo = (j - n * per_img) * tpj * MR                 # this job's output pixels
     q_hi = min(npix, q_lo + tpj * MR)
     kt = kh * kw * cin
-    row_len = max(pad_l + w_in, (wo - 1) * stride + (kw - 1) * dil + 1) * cin  # staged_width
+    row_len = p[24] * cin                               # floats of a staged row
     sc = stride * cin                                   # from one output pixel to the next
     rows = scratch(p, worker)
     zero_floats(A, rows, n_slots * row_len)             # the side padding stays zero
@@ -343,7 +345,7 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
         pg = -(-panels // groups)
         return Op("conv_direct", jobs_rows * -(-panels // pg),
                   (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh, wp.kw, w_off, b_off, act,
-                   stride, dilation, pad_top, pad_left, band, pg, 0, False))
+                   stride, dilation, pad_top, pad_left, band, pg, 0, False, 0))
     # staged: runs of tiles of output pixels, each job staging the input rows they read, a
     # chunk of tiles at a time -- as many as keep the staged rows within CHUNK_FLOATS
     tiles = max(1, -(-ho * wo // MR))                      # per image
@@ -357,7 +359,8 @@ def conv_op(x_off, x_shape, o_off, out_shape, wp, w_off, b_off, stride, dilation
     slots = staged_row_count(chunk, wo, wp.kh, stride, dilation)
     return Op("conv", n * -(-tiles // tpj), (x_off, n, h, w, cin, o_off, ho, wo, cout, wp.kh,
                                               wp.kw, w_off, b_off, act, stride, dilation,
-                                              pad_top, pad_left, tpj, chunk, slots, nchw),
+                                              pad_top, pad_left, tpj, chunk, slots, nchw,
+                                              width),
               scratch=slots * width * cin)
 
 

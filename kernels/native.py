@@ -257,12 +257,13 @@ class _Resolver(dict):
             return self[name]
         import ctypes
         try:
-            return ctypes.cast(getattr(_process(), name), ctypes.c_void_p).value
+            return ctypes.cast(getattr(process_library(), name), ctypes.c_void_p).value
         except AttributeError:
             return default
 
 
-def _process():
+def process_library():
+    """The running process's own symbols as a ctypes library (the C library's among them)."""
     import ctypes
     if "process" not in _SYMBOLS:
         _SYMBOLS["process"] = ctypes.CDLL(None) if os.name == "posix" else ctypes.pythonapi
@@ -301,6 +302,6 @@ def runtime_symbols():
     no_op = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda meminfo: None)
     _SYMBOLS["no_op"] = no_op                              # kept alive
     table["NRT_MemInfo_call_dtor"] = ctypes.cast(no_op, ctypes.c_void_p).value
-    table["NRT_Free"] = ctypes.cast(_process().free, ctypes.c_void_p).value
+    table["NRT_Free"] = ctypes.cast(process_library().free, ctypes.c_void_p).value
     _SYMBOLS["table"] = table
     return table

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InputError
 from .kernels import activations as act_mod
 from .kernels import (attention_mha, attention_separable, batchnorm, conv, depthwise, layout,
-                      norm, patches, pointwise, pooling, program, resize, workers)
+                      native, norm, patches, pointwise, pooling, program, resize, workers)
 
 
 class InputTooSmall(InputError):
@@ -41,6 +41,9 @@ class InputTooSmall(InputError):
 
 class NonFiniteInput(InputError):
     """Raised by :meth:`Graph.run` when the input holds NaN or infinite values."""
+
+    def __init__(self):
+        super().__init__("the input holds NaN or infinite values")
 
 
 UnusedLayer = namedtuple("UnusedLayer", "name input act tensors cin cout in_checkpoint")
@@ -661,8 +664,7 @@ def release_freed_memory():
     after they are freed, beside the weight arena."""
     if not _MALLOC_TRIM:
         try:
-            import ctypes
-            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
+            _MALLOC_TRIM.append(native.process_library().malloc_trim)
         except (OSError, AttributeError, TypeError):
             _MALLOC_TRIM.append(None)
     if _MALLOC_TRIM[0] is not None:
@@ -748,13 +750,13 @@ class Graph:
         kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
         if backend == "numpy":
             if not np.isfinite(x).all():
-                raise NonFiniteInput("the input holds NaN or infinite values")
+                raise NonFiniteInput()
             values = self.run_reference(x, kept, timings)
             return {name: _copy_out(a, nchw) for name, a in values.items()} if nchw else values
         key, plan = self._acquire(x.shape, kept, threads or workers.default_threads())
         try:
             if not layout.copy_in(view(plan.arena, plan.tensors[self.input]), x):
-                raise NonFiniteInput("the input holds NaN or infinite values")
+                raise NonFiniteInput()
             if timings is None:
                 plan.run(self.weights, plan.steps)
             else:
