@@ -189,42 +189,92 @@ def gemm_block(a, a_off, lda, m, k, w, w_off, p_lo, p_hi, b_off, act, n, out, o_
 # ---------------------------------------------------------------- the op
 # fields of a "gemm" op row, after [code, jobs]
 GEMM_FIELDS = ("a_off", "m", "k", "w_off", "b_off", "n", "act", "o_off", "r_off", "has_res",
-               "mc", "pg")
+               "mc", "pg", "big")
 
 
 @job
 def gemm_job(pa, a_size, pw, w_size, pp, j, worker):
-    """Job j of a gemm op: a chunk of mc rows x a group of pg panels."""
+    """Job j of a gemm op: a chunk of rows (mc, or mc + MR for the last ``big`` chunks) x a
+    group of pg panels."""
     A, W, p = arenas(pa, a_size, pw, w_size, pp)
     a_off, m, k, w_off, b_off, n = p[2], p[3], p[4], p[5], p[6], p[7]
-    act, o_off, r_off, has_res, mc, pg = p[8], p[9], p[10], p[11], p[12], p[13]
+    act, o_off, r_off, has_res, mc, pg, big = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
     n_panels = (n + NR - 1) // NR
     n_groups = (n_panels + pg - 1) // pg
     chunk = j // n_groups
     group = j - chunk * n_groups
-    m_lo = chunk * mc
-    gemm_block(A, a_off + m_lo * k, k, min(mc, m - m_lo), k, W, w_off, group * pg,
+    small = p[1] // n_groups - big                          # chunks of mc rows, then mc + MR
+    m_lo = chunk * mc + max(0, chunk - small) * MR
+    rows = mc + MR if chunk >= small else mc
+    gemm_block(A, a_off + m_lo * k, k, min(rows, m - m_lo), k, W, w_off, group * pg,
                min(n_panels, group * pg + pg), b_off, act, n, A, o_off + m_lo * n, n, A,
                r_off + m_lo * n, has_res != 0)
 
 
 def plan_jobs(m, mc_max, panels, threads):
-    """Split an (m rows) x (panels) product into parallel jobs: returns (MC rows, PG panels).
+    """Split an (m rows) x (panels) product into parallel jobs: returns (MC rows, PG panels,
+    jobs, BIG).
 
-    Rows are cut into equal chunks of at most ``mc_max`` rows (a multiple of MR),
-    so that the threads get equal shares.  When there are too few chunks to keep
-    every thread busy (small feature maps, the batch-1 classifier) the panels
-    are split into groups as well, aiming at 4 jobs per thread.
+    Rows are cut into chunks of at most about ``mc_max`` rows, a number of chunks the
+    threads share equally, each a whole number of register tiles (MR rows): MC rows, the
+    last BIG chunks one tile more, so that the last chunk's partial tile (the cheap one)
+    is the one that ends up with the extra tiles -- 49 rows at 2 threads are 24 + 25, not
+    30 + 19 (5 tiles against 3 and a bit: 1.7x at best, not 2x).  When there are too few
+    chunks to keep every thread busy (small feature maps, the batch-1 classifier) the
+    panels are split into groups as well, aiming at 4 jobs per thread.
+
+    A product of few rows whose weights outweigh its rows (m < n: MobileNetV2's 7 x 7 maps,
+    320 -> 1280 channels) is split by panels alone when that shares the work out more
+    evenly (by 3 %: :func:`_row_split_load`, :func:`_panel_split`): each core then reads half of
+    the weights instead of all of them, and 49 rows need not be cut into 24 + 25 (a 12-row
+    AVX-512 tile: 2 tiles against 2 and a bit).
     """
+    tiles = -(-m // MR)
     n_chunks = -(-m // mc_max)
     if threads > 1:
         n_chunks = -(-n_chunks // threads) * threads         # a multiple of the thread count
-    mc = -(-m // (n_chunks * MR)) * MR                      # equal chunks, multiples of MR
-    n_chunks = -(-m // mc)
+    n_chunks = min(n_chunks, tiles)
+    q, big = divmod(tiles, n_chunks)                        # q or q + 1 tiles per chunk
+    if threads > 1 and n_chunks == threads and m < panels * NR:
+        load, groups = _panel_split(m, panels, threads)
+        if load < 0.97 * _row_split_load(m, q, big, threads) * panels:
+            pg = -(-panels // groups)
+            return tiles * MR, pg, -(-panels // pg), 0
     want = 4 * threads if threads > 1 else 1
     groups = min(panels, max(1, -(-want // n_chunks)))
     pg = -(-panels // groups)
-    return mc, pg, n_chunks * -(-panels // pg)
+    return q * MR, pg, n_chunks * -(-panels // pg), big
+
+
+def _tile_cost(rows):
+    """Register tiles' worth of work in ``rows`` rows: a last block of at most MR/2 rows
+    costs half a tile (``gemm_tile_out`` computes MR/2 rows for it)."""
+    rem = rows % MR
+    return rows // MR + (0.0 if rem == 0 else 0.5 if rem <= MR // 2 else 1.0)
+
+
+def _row_split_load(m, q, big, threads):
+    """The largest of ``threads`` row chunks (q or q + 1 tiles, the last ``big`` the longer
+    ones; the last one ends at row m), in tiles."""
+    sizes = [(q + (c >= threads - big)) * MR for c in range(threads)]
+    sizes[-1] = m - sum(sizes[:-1])
+    return max(_tile_cost(r) for r in sizes)
+
+
+def _panel_split(m, panels, threads):
+    """(largest share in tile x panel units, number of groups) of the best split of the
+    panels into groups of equal size (the last one shorter), run by the workers in runs of
+    consecutive groups as the executor hands them out."""
+    best = None
+    for groups in dict.fromkeys(min(panels, g * threads) for g in (4, 3, 5, 2, 6)):
+        pg = -(-panels // groups)
+        sizes = [min(pg, panels - g * pg) for g in range(-(-panels // pg))]
+        runs = [sum(sizes[w * len(sizes) // threads:(w + 1) * len(sizes) // threads])
+                for w in range(threads)]
+        load = _tile_cost(m) * max(runs)
+        if best is None or load < best[0]:
+            best = (load, len(sizes))
+    return best
 
 
 def check_activation(act):
@@ -237,10 +287,10 @@ def gemm_op(a_off, m, k, w_off, b_off, n, act, o_off, r_off=None, threads=1):
     check_activation(act)
     check(min(m, k, n) >= 1, f"empty product {m}x{k}x{n}")
     # a chunk of x (MC x K floats, <= 256 KiB) stays in L2 while each panel sweeps it
-    mc, pg, jobs = plan_jobs(m, max(MR, min(256, 65536 // k)), -(-n // NR), threads)
+    mc, pg, jobs, big = plan_jobs(m, max(MR, min(256, 65536 // k)), -(-n // NR), threads)
     from .program import Op
     return Op("gemm", jobs, (a_off, m, k, w_off, b_off, n, act, o_off,
-                             o_off if r_off is None else r_off, r_off is not None, mc, pg))
+                             o_off if r_off is None else r_off, r_off is not None, mc, pg, big))
 
 
 # ---------------------------------------------------------------- the standalone call

@@ -57,6 +57,40 @@ def test_pointwise_matches_reference(lead, cin, cout):
             assert rel_err(out, ref) < TOL, (act, mode)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_gemm_jobs_cover_every_row_once(threads):
+    """However an m x n product is cut into jobs -- row chunks of q or q + 1 tiles, or
+    groups of panels for few rows and many columns -- every output row and column is
+    computed exactly once (the residual is out itself: a job run twice adds it twice)."""
+    rng = np.random.default_rng(threads)
+    for m in list(range(1, 40)) + [48, 49, 50, 64, 97, 196]:
+        for cin, cout in ((8, 200), (40, 24), (320, 1280)):
+            if cout == 1280 and m not in (1, 7, 49, 64):
+                continue
+            x = randn(rng, (m, cin))                                    # (M, Cin)
+            w = randn(rng, (cout, cin), scale=1 / np.sqrt(cin))         # (Cout, Cin)
+            b = randn(rng, (cout,))
+            res = randn(rng, (m, cout))
+            out = res.copy()
+            pointwise.pointwise_conv(x, pointwise.prepare_pointwise_weight(w), b, ACT_NONE,
+                                     out, out, threads=threads)
+            ref = pointwise.pointwise_reference(x, w, b, ACT_NONE, res)
+            assert rel_err(out, ref) < TOL, (m, cin, cout)
+
+
+def test_gemm_plan_balances_few_rows():
+    """49 rows (a 7 x 7 map) by 1280 columns at 2 threads: split by panels, two equal
+    halves; 4096 rows: row chunks differing by at most one tile, the longer ones last."""
+    MR, NR = pointwise.MR, pointwise.NR
+    panels = -(-1280 // NR)
+    mc, pg, jobs, big = pointwise.plan_jobs(49, 204, panels, 2)
+    assert mc >= 49 and jobs * pg >= panels and (jobs // 2) * pg * 2 == panels
+    mc, pg, jobs, big = pointwise.plan_jobs(4096, 256, 16, 2)
+    chunks = jobs // -(-16 // pg)
+    assert mc % MR == 0 and chunks % 2 == 0 and 0 <= big < chunks
+    assert (chunks - big) * mc + big * (mc + MR) >= 4096 > (chunks - big) * mc + big * (mc + MR) - MR
+
+
 def test_pointwise_weight_layouts_agree():
     rng = np.random.default_rng(7)
     w = randn(rng, (20, 9))
