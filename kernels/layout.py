@@ -145,8 +145,7 @@ def copy_checked(pdst, psrc, n):
 def copy_in(dst, src):
     """``dst[...] = src`` (C-contiguous float32 arrays of one size); returns whether every
     value is finite (:func:`copy_checked`)."""
-    for name, a in (("dst", dst), ("src", src)):
-        check(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous,
-              f"{name} must be a C-contiguous float32 array")
+    check_array(dst, "dst")
+    check_array(src, "src")
     check(dst.size == src.size, f"sizes differ: {dst.size} vs {src.size}")
     return bool(copy_checked.callable()(dst.ctypes.data, src.ctypes.data, src.size))

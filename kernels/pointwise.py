@@ -30,7 +30,7 @@ from collections import namedtuple
 import numpy as np
 
 from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
-from .policy import arenas, check, helper, job
+from .policy import arenas, check, check_array, helper, job
 from .simd import (MR, NR, NV, VEC, gemm_tile_out, gemv_tile_out, vadd, vload, vload_n, vstore,
                    vstore_n)
 from .workers import default_threads
@@ -294,11 +294,6 @@ def gemm_op(a_off, m, k, w_off, b_off, n, act, o_off, r_off=None, threads=1):
 
 
 # ---------------------------------------------------------------- the standalone call
-def _check_f32(a, name):
-    check(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous,
-          f"{name} must be a C-contiguous float32 array")
-
-
 def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
     """out = act(x @ W.T + bias) (+ residual), written into ``out``; returns ``out``.
 
@@ -312,7 +307,7 @@ def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
     from .program import Arena, run_ops
 
     for name, arr in (("x", x), ("out", out), ("bias", bias)):
-        _check_f32(arr, name)
+        check_array(arr, name)
     check(isinstance(wp, PointwiseWeight), "wp must come from prepare_pointwise_weight")
     k, n = x.shape[-1], out.shape[-1]
     check(out.shape[:-1] == x.shape[:-1], f"leading dims differ: {x.shape} vs {out.shape}")
@@ -320,7 +315,7 @@ def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
           f"weight is {wp.cout}x{wp.cin}, but x has {k} and out {n} channels")
     check(bias.shape == (n,), f"bias must have shape ({n},), got {bias.shape}")
     if residual is not None:
-        _check_f32(residual, "residual")
+        check_array(residual, "residual")
         check(residual.shape == out.shape, f"residual shape {residual.shape} != {out.shape}")
     m = x.size // max(k, 1)
     if m == 0 or n == 0:
