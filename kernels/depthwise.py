@@ -35,6 +35,8 @@ The *separable* op here makes a band of output rows per parallel job instead:
 ``e`` and ``d`` never exist whole; the only extra work is the input rows that two
 neighbouring jobs both produce (one or two per job).
 """
+from collections import namedtuple
+
 import numpy as np
 
 from .activations import ACT_NONE, ACT_SILU, activate
@@ -82,16 +84,38 @@ def separable_reference(x, expand, dw, reduce, stride, dilation, pad_top, pad_le
 MAX_KERNEL = 64    # largest kernel height (tap rows) of a depthwise conv
 
 
+DepthwiseWeight = namedtuple("DepthwiseWeight", "blocks kh kw c")
+DepthwiseWeight.__doc__ = """A packed depthwise weight: ``blocks`` float32 (ceil(C/VEC), kh*kw, VEC)
+with ``blocks[g, a*kw + b, l] = w[g*VEC + l, 0, a, b]`` and zeros past C: the kh*kw weight
+vectors of one channel vector side by side, so that a depthwise tile finds all of them at
+constant distances from one pointer (see ``simd.dw_tile``)."""
+
+
 def prepare_depthwise_weight(w):
-    """Torch-layout depthwise weight (C, 1, kh, kw) -> float32 (kh, kw, C) (once, at load)."""
+    """Pack a torch-layout depthwise weight (C, 1, kh, kw) (once, at load)."""
     w = np.asarray(w, np.float32)
     check(w.ndim == 4 and w.shape[1] == 1, f"expected a (C, 1, kh, kw) weight, got {w.shape}")
-    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))      # (kh, kw, C)
+    c, _, kh, kw = w.shape
+    groups = -(-c // VEC)
+    padded = np.zeros((groups * VEC, kh * kw), np.float32)             # (G*VEC, kh*kw)
+    padded[:c] = w.reshape(c, kh * kw)
+    blocks = padded.reshape(groups, VEC, kh * kw).transpose(0, 2, 1)   # (G, kh*kw, VEC)
+    return DepthwiseWeight(np.ascontiguousarray(blocks), kh, kw, c)
 
 
-def unpack_depthwise_weight(w):
-    """Inverse of :func:`prepare_depthwise_weight`: (kh, kw, C) -> torch layout (C, 1, kh, kw)."""
-    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 0, 1)[:, None])
+def unpack_depthwise_weight(wp):
+    """Inverse of :func:`prepare_depthwise_weight`: the torch-layout (C, 1, kh, kw) weight."""
+    w = np.asarray(wp.blocks, np.float32).transpose(0, 2, 1)          # (G, VEC, kh*kw)
+    return np.ascontiguousarray(w.reshape(-1, wp.kh, wp.kw)[:wp.c, None])  # (C, 1, kh, kw)
+
+
+def check_depthwise_weight(wp):
+    check(isinstance(wp, DepthwiseWeight), "depthwise weights must come from "
+                                           "prepare_depthwise_weight")
+    check_array(wp.blocks, "depthwise weight", 3)
+    check(wp.blocks.shape == (-(-wp.c // VEC), wp.kh * wp.kw, VEC),
+          f"depthwise weight blocks {wp.blocks.shape} do not fit {wp.c} channels "
+          f"of {wp.kh}x{wp.kw}")
 
 
 # ---------------------------------------------------------------- one output row
@@ -117,20 +141,20 @@ def depthwise_row(src, offs, xs, w, w_off, kh, kw, c, b_off, act, dst, d_off, ds
         for q in range(j, j + step):
             o = d_off + q * ds
             if c_full:
-                dw_tile(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, c, 0,
+                dw_tile(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, 0,
                         c_full, s, d, tile_act)
             if c_full < c:
-                dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, c,
+                dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw,
                           c_full, c, s, d, tile_act)
         j += DW_PIX * step
     for j in range(j, wo):                # then single pixels
         o = d_off + j * ds
         if c_full:
-            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c, 0, c_full,
-                     s, d, tile_act)
+            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, 0, c_full, s,
+                     d, tile_act)
         if c_full < c:
-            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c, c_full,
-                       c, s, d, tile_act)
+            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c_full, c,
+                       s, d, tile_act)
     if act == ACT_SILU:                   # (and the padding between pixels: never read)
         activate(dst, d_off, (wo - 1) * ds + c, act)
 
@@ -241,13 +265,13 @@ def separable_op(x_off, x_shape, o_off, out_shape, dw, expand=None, reduce=None,
                  stride=1, dilation=1, pad_top=0, pad_left=0, threads=1, rows_per_job=None):
     """The op ``[expand 1x1 ->] depthwise kxk [-> reduce 1x1 (+ A[r_off])]``.
 
-    dw = (weight (kh, kw, Ch), its offset in W, bias offset, act);
+    dw = (DepthwiseWeight, its blocks' offset in W, bias offset, act);
     expand, reduce = (PointwiseWeight, its panels' offset in W, bias offset, act) or None;
     maps x (N, H, W, Cin) at A[x_off], out (N, Ho, Wo, Cout) at A[o_off].
     """
     wd, dw_w_off, dw_b_off, act = dw
-    check_array(wd, "depthwise weight", 3)
-    kh, kw, ch = wd.shape
+    check_depthwise_weight(wd)
+    kh, kw, ch = wd.kh, wd.kw, wd.c
     n, h, w_in, cin = x_shape
     if expand is None:
         ex_w_off, ex_b_off, ex_act = 0, 0, ACT_NONE
@@ -292,7 +316,7 @@ def fused_separable(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, 
     """[expand 1x1 ->] depthwise kxk [-> reduce 1x1 [+ x]] into ``out``; returns ``out``.
 
     x (N, H, W, Cin) float32; expand, reduce: None or (PointwiseWeight, bias, act);
-    dw: (weight (kh, kw, Ch) from :func:`prepare_depthwise_weight`, bias (Ch,), act);
+    dw: (weight from :func:`prepare_depthwise_weight`, bias (Ch,), act);
     out (N, Ho, Wo, Cout); residual: add x (needs a reduce conv, stride 1, equal shapes).
     ``rows_per_job`` overrides the planned split into jobs.
     """
@@ -315,9 +339,9 @@ def fused_separable(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, 
         check_bias(bias, wp.cout)
         return wp, W.add(wp.panels), W.add(bias), act
     wd, bd, act = dw
-    check_array(wd, "depthwise weight", 3)
-    check_bias(bd, wd.shape[2], "depthwise bias")
-    op = separable_op(xo, x.shape, oo, out.shape, (wd, W.add(wd), W.add(bd), act),
+    check_depthwise_weight(wd)
+    check_bias(bd, wd.c, "depthwise bias")
+    op = separable_op(xo, x.shape, oo, out.shape, (wd, W.add(wd.blocks), W.add(bd), act),
                       place(expand), place(reduce), xo if residual else None, stride, dilation,
                       pad_top, pad_left, threads, rows_per_job)
     arena = run_ops([op], A.build(), W.build(), threads)
@@ -328,7 +352,7 @@ def fused_separable(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, 
 def depthwise_conv(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=None):
     """Depthwise conv of x (N, H, W, C) into out (N, Ho, Wo, C); returns out.
 
-    wp: (kh, kw, C) from :func:`prepare_depthwise_weight`; bias (C,) float32;
+    wp: from :func:`prepare_depthwise_weight`; bias (C,) float32;
     stride, dilation: ints for both axes; pad_top/pad_left: zeros before the
     input (bottom/right padding follows from out's size); act: activation code.
     """

@@ -53,6 +53,7 @@ on any x86 machine by the tests, which run it with ``TINYMVIT_ISA=avx512`` (LLVM
 splits the 16-lane operations where the CPU has no AVX-512).
 """
 import os
+import platform
 
 from .lazy import LazyModule, intrinsic, on_numba
 from .native import host_cpu
@@ -224,6 +225,23 @@ def _loop(builder, start, stop, step, carried, body, name):
     builder.branch(check)
     builder.position_at_end(done)
     return phis
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _opaque(builder, value):
+    """``value``, hidden from LLVM's loop optimisers (an empty inline-asm statement that
+    returns its operand in a register; no instruction).  A 3x3 depthwise tile reads 3 rows x
+    6 columns and writes 4 pixels at run-time distances: seeing through its pointers, LLVM's
+    loop strength reduction made one pointer of each of the 22 addresses, more than x86's
+    16 registers hold (the AVX-512 loop reloaded 30 of them from the stack per channel
+    vector: 35 cycles in llvm-mca's Skylake-X model, 25 without).  Pointers updated through
+    ``_opaque`` stay as written: one per input row, columns at offsets in registers.
+    Elsewhere (ARM...) the value as it is."""
+    if not _X86:
+        return value
+    return builder.asm(ir.FunctionType(value.type, [value.type]), "", "=r,0", [value], False)
 
 
 # ---------------------------------------------------------------- activations, in IR
@@ -782,64 +800,82 @@ def _dw_codegen(npix, masked):
     kernels (nearly all of them) get unrolled copies in which the tile's pixels share the
     loads of the input columns they both read: at stride 1 with pixels d apart (d the
     dilation: 1, or DeepLab's 2 and 4), pixel q's taps read columns (q + b)*d, so 4 pixels
-    read 6 columns per tap row instead of 12; at stride 2 (undilated) 9 instead of 12."""
+    read 6 columns per tap row instead of 12; at stride 2 (undilated) 9 instead of 12.
+
+    The unrolled loop over channel vectors walks one pointer per input row, one into the
+    packed weights (their 9 vectors at fixed distances), one into the biases and one into
+    the output; the columns and pixels are fixed offsets from those (see :func:`_opaque`)."""
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
                                      for i in (0, 3, 4, 8))
-        d_off, ds, xs, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d, act = (
+        d_off, ds, xs, col, step, w_off, b_off, kh, kw, c_lo, c_hi, s, d, act = (
             _intp(context, builder, args[i], sig.args[i])
-            for i in (1, 2, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18))
+            for i in (1, 2, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
         b_p = builder.gep(w_p, [b_off])
         dst_p, w_p = builder.gep(dst_p, [d_off]), builder.gep(w_p, [w_off])
+        taps = builder.mul(kh, kw)
         dc, x0 = builder.mul(d, xs), builder.mul(col, xs)   # input pixels are xs floats apart
         out_step = builder.mul(step, ds)              # from one of the tile's pixels to the next
         in_step = builder.mul(s, builder.mul(step, xs))   # ... and their first taps
 
-        def row_pointers(a, c0):
-            x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
-                                                    builder.add(x0, c0))])
-            return x_row, builder.gep(w_p, [builder.add(builder.mul(builder.mul(a, kw), c), c0)])
-
-        def store(accs, c0):                         # with the activation, in registers
+        def store(accs, out):                        # with the activation, in registers
             for q, acc in enumerate(_activations(builder, accs, act, DW_ACTIVATIONS)):
-                _store(builder, acc, builder.gep(dst_p, [builder.add(
-                    builder.mul(const(q), out_step), c0)]), mask)
+                _store(builder, acc, builder.gep(out, [builder.mul(const(q), out_step)]), mask)
 
         def generic(c0, _):
+            w_c = builder.gep(w_p, [builder.mul(c0, taps)])   # channel vector c0's weights
+
             def tap_row(a, accs):
-                x_row, w_row = row_pointers(a, c0)
+                x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
+                                                        builder.add(x0, c0))])
 
                 def tap(b, accs):
-                    wv = _load(builder, builder.gep(w_row, [builder.mul(b, c)]), mask)
+                    wv = _load(builder, builder.gep(w_c, [builder.mul(
+                        builder.add(builder.mul(a, kw), b), const(VEC))]), mask)
                     x_tap = builder.gep(x_row, [builder.mul(b, dc)])
                     return [_fma(builder, wv, _load(builder, builder.gep(
                         x_tap, [builder.mul(const(q), in_step)]), mask), accs[q])
                         for q in range(npix)]
                 return _loop(builder, const(0), kw, const(1), accs, tap, "dw.b")
             bias = _load(builder, builder.gep(b_p, [c0]), mask)
-            store(_loop(builder, const(0), kh, const(1), [bias] * npix, tap_row, "dw.a"), c0)
+            store(_loop(builder, const(0), kh, const(1), [bias] * npix, tap_row, "dw.a"),
+                  builder.gep(dst_p, [c0]))
             return []
 
         def unrolled_3x3(stride, unit):
-            """Pixel q's tap b reads input column q*stride + b, in units of ``unit`` floats."""
-            def body(c0, _):
-                accs = [_load(builder, builder.gep(b_p, [c0]), mask)] * npix
+            """Pixel q's tap b reads input column q*stride + b, ``unit`` floats apart."""
+            offsets = [builder.mul(const(k), unit) for k in range((npix - 1) * stride + 3)]
+
+            def body(_, pointers):
+                rows, wv_p, bias_p, out = pointers[:3], pointers[3], pointers[4], pointers[5]
+                accs = [_load(builder, bias_p, mask)] * npix
                 for a in range(3):
-                    x_row, w_row = row_pointers(const(a), c0)
                     columns = {}                     # input column -> its loaded vector
                     for b in range(3):
-                        wv = _load(builder, builder.gep(w_row, [builder.mul(const(b), c)]), mask)
+                        wv = _load(builder, builder.gep(wv_p, [const((3 * a + b) * VEC)]), mask)
                         for q in range(npix):
                             k = q * stride + b
                             if k not in columns:
-                                columns[k] = _load(builder, builder.gep(
-                                    x_row, [builder.mul(const(k), unit)]), mask)
+                                columns[k] = _load(builder, builder.gep(rows[a], [offsets[k]]),
+                                                   mask)
                             accs[q] = _fma(builder, wv, columns[k], accs[q])
-                store(accs, c0)
-                return []
-            return body
+                store(accs, out)
+                return [_opaque(builder, builder.gep(p, [const(n)]))
+                        for p, n in zip(pointers, (VEC, VEC, VEC, 9 * VEC, VEC, VEC))]
+
+            def run():
+                start = [builder.gep(src_p, [builder.add(builder.load(builder.gep(
+                    offs_p, [const(a)])), builder.add(x0, c_lo))]) for a in range(3)] + [
+                    builder.gep(w_p, [builder.mul(c_lo, const(9))]), builder.gep(b_p, [c_lo]),
+                    builder.gep(dst_p, [c_lo])]
+                if masked:
+                    body(None, start)
+                    return
+                vectors = builder.sdiv(builder.sub(c_hi, c_lo), const(VEC))
+                _loop(builder, const(0), vectors, const(1), start, body, "dw.c")
+            return run
 
         def over_channels(body):
             if masked:
@@ -852,21 +888,21 @@ def _dw_codegen(npix, masked):
         if npix == 1:              # one pixel reads columns b*d at any stride: one copy
             with builder.if_else(is_3x3) as (three, rest):
                 with three:
-                    over_channels(unrolled_3x3(1, dc))
+                    unrolled_3x3(1, dc)()
                 with rest:
                     over_channels(generic)
             return context.get_dummy_value()
         with builder.if_else(builder.and_(is_3x3, builder.and_(eq(s, const(1)), eq(step, d)))) \
                 as (stride1, other):
             with stride1:                            # columns (q + b)*d
-                over_channels(unrolled_3x3(1, dc))
+                unrolled_3x3(1, dc)()
             with other:
                 with builder.if_else(builder.and_(builder.and_(is_3x3, eq(s, const(2))),
                                                   builder.and_(eq(d, const(1)),
                                                                eq(step, const(1))))) \
                         as (stride2, rest):
                     with stride2:                    # columns 2q + b
-                        over_channels(unrolled_3x3(2, xs))
+                        unrolled_3x3(2, xs)()
                     with rest:
                         over_channels(generic)
         return context.get_dummy_value()
@@ -875,15 +911,15 @@ def _dw_codegen(npix, masked):
 
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
-    def tile(typingctx, dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw, c,
+    def tile(typingctx, dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw,
              c_lo, c_hi, s, d, act):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.layout == "C"
-                and _ints(d_off, ds, xs, col, step, w_off, b_off, kh, kw, c, c_lo, c_hi, s, d,
+                and _ints(d_off, ds, xs, col, step, w_off, b_off, kh, kw, c_lo, c_hi, s, d,
                           act)):
             return None
-        return (types.void(dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw, c,
+        return (types.void(dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw,
                            c_lo, c_hi, s, d, act), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
@@ -898,15 +934,16 @@ _DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (non
 ReLU6: a run-time code; any other leaves the sums as they are, see DW_ACTIVATIONS)::
 
     dst.flat[d_off + q*step*ds + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
-                                           w.flat[w_off + (a*kw + b)*c + ch]
+                                           w.flat[w_off + g*kh*kw*VEC + (a*kw + b)*VEC + l]
                                            * src.flat[offs[a] + (col + q*step*s + b*d)*xs + ch])
 
-for q < {npix} and channels ch in [c_lo, c_hi) ({lanes}): output pixels ``step`` apart (1;
-d for a dilated 3x3 kernel at stride 1, whose pixels then share input columns).
-``offs[a]`` is the flat offset of the input row read by tap row a (padded: every tap must
-lie inside src), ``col`` the column of pixel 0's first tap, s the stride, d the dilation, w
-a (kh, kw, c) weight and the c biases; input pixels are xs >= c floats apart, output pixels
-ds >= c (see depthwise.pixel_stride)."""
+for q < {npix} and channels ch = g*VEC + l in [c_lo, c_hi) ({lanes}; c_lo a multiple of VEC):
+output pixels ``step`` apart (1; d for a dilated 3x3 kernel at stride 1, whose pixels then
+share input columns).  ``offs[a]`` is the flat offset of the input row read by tap row a
+(padded: every tap must lie inside src), ``col`` the column of pixel 0's first tap, s the
+stride, d the dilation, w the packed weight (``depthwise.DepthwiseWeight``: the kh*kw
+vectors of channel vector g side by side) and the biases; input pixels are xs >= c floats
+apart, output pixels ds >= c (see depthwise.pixel_stride)."""
 dw_tile = _dw_intrinsic(DW_PIX, False, _DW_DOC.format(
     what="DW_PIX output pixels", npix="DW_PIX",
     lanes="whole vectors: c_hi - c_lo a multiple of VEC"))

@@ -143,6 +143,30 @@ def test_depthwise_matches_reference(n, h, w, c, k, stride, dil, tf):
         assert rel_err(out, ref) < TOL, act
 
 
+@pytest.mark.parametrize("c,k", [(1, 3), (40, 3), (2 * simd.VEC, 3), (21, 5)])
+def test_depthwise_weight_blocks(c, k):
+    """The packed layout the depthwise tiles read: channel vector g's k*k weight vectors side
+    by side, zeros past C; unpacking gives the torch weight back."""
+    rng = np.random.default_rng(c * 10 + k)
+    wt = randn(rng, (c, 1, k, k))                                       # (C, 1, k, k)
+    wp = depthwise.prepare_depthwise_weight(wt)
+    vec, groups = simd.VEC, -(-c // simd.VEC)
+    assert (wp.kh, wp.kw, wp.c) == (k, k, c) and wp.blocks.shape == (groups, k * k, vec)
+    for ch in (0, c // 2, c - 1):
+        g, lane = divmod(ch, vec)
+        assert np.array_equal(wp.blocks[g, :, lane], wt[ch, 0].ravel())   # taps a*k + b
+    assert not wp.blocks[-1, :, c - (groups - 1) * vec:].any()          # padded lanes
+    assert np.array_equal(depthwise.unpack_depthwise_weight(wp), wt)
+
+
+def test_depthwise_conv_wants_a_packed_weight():
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    raw = np.zeros((3, 3, 8), np.float32)                               # not packed
+    with pytest.raises(ValueError, match="prepare_depthwise_weight"):
+        depthwise.depthwise_conv(x, raw, np.zeros(8, np.float32), 1, 1, 1, 1, ACT_NONE,
+                                 np.zeros((1, 4, 4, 8), np.float32))
+
+
 # ------------------------------------------------------------------ fused inverted residual
 SEPARABLE_CASES = [  # (N, H, W, Cin, Ch, Cout, stride, dilation, expand, reduce, residual)
     (1, 9, 7, 16, 96, 24, 1, 1, True, True, False),      # MobileNetV2 block, no residual

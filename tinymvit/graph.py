@@ -152,7 +152,7 @@ class Conv(Node):
         self.weight, self.bias = prepare(weight), np.ascontiguousarray(bias, np.float32)
 
     def place(self, arena):
-        packed = self.weight if self.kind == "depthwise" else self.weight.panels
+        packed = self.weight.blocks if self.kind == "depthwise" else self.weight.panels
         self.w_off, self.b_off = arena.add(packed), arena.add(self.bias)
 
     def attach(self, W):
@@ -160,7 +160,7 @@ class Conv(Node):
         def in_arena(a, off):
             return W[off:off + a.size].reshape(a.shape)
         if self.kind == "depthwise":
-            self.weight = in_arena(self.weight, self.w_off)
+            self.weight = self.weight._replace(blocks=in_arena(self.weight.blocks, self.w_off))
         else:
             self.weight = self.weight._replace(panels=in_arena(self.weight.panels, self.w_off))
         self.bias = in_arena(self.bias, self.b_off)
