@@ -253,6 +253,12 @@ def _tile_cost(rows):
     return rows // MR + (0.0 if rem == 0 else 0.5 if rem <= MR // 2 else 1.0)
 
 
+def tile_rows(rows):
+    """Rows the register tiles compute for a product of ``rows`` rows (whole tiles of MR
+    rows, the last block of at most MR/2 rows as MR/2): 28 -> 30 with AVX2 and AVX-512."""
+    return round(_tile_cost(rows) * MR)
+
+
 def _row_split_load(m, q, big, threads):
     """The largest of ``threads`` row chunks (q or q + 1 tiles, the last ``big`` the longer
     ones; the last one ends at row m), in tiles."""

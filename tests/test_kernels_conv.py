@@ -105,6 +105,18 @@ def test_pointwise_weight_layouts_agree():
     assert np.array_equal(wp[-1, :, :last], w[(panels - 1) * nr:].T)
 
 
+@pytest.mark.parametrize("mr", [6, 12])
+def test_tile_rows_count_the_half_tile(monkeypatch, mr):
+    """Rows a 1x1 product's register tiles compute (AVX2 6-row and AVX-512 12-row tiles): the
+    fusion decision (graph.FusedSeparable.fused) weighs the idle ones."""
+    monkeypatch.setattr(pointwise, "MR", mr)
+    for rows in range(1, 5 * mr):
+        full, rem = divmod(rows, mr)
+        want = full * mr + (0 if rem == 0 else mr // 2 if rem <= mr // 2 else mr)
+        assert pointwise.tile_rows(rows) == want, rows
+    assert pointwise.tile_rows(28) == 30             # MobileNetV2's 28 x 28 stage, both tiles
+
+
 def test_pointwise_reference_is_plain_matmul():
     rng = np.random.default_rng(8)
     x, w, b = randn(rng, (6, 5)), randn(rng, (3, 5)), randn(rng, (3,))
