@@ -48,7 +48,8 @@ The accumulators must leave room for the NV weight vectors and a broadcast regis
 and the MR * NV independent FMA chains must cover the FMA latency (4 cycles) times
 the FMA units (2).  Measured on an AMD EPYC (Zen 3, AVX2): 80-94 GFLOP/s on one core,
 OpenBLAS's peak there being ~81.  The AVX-512 tile compiles to 24 zmm accumulators
-without spills (checked in the assembly for skylake-avx512); its results are checked
+without spills (checked in the assembly for skylake-avx512; llvm-mca's Skylake-X model:
+13 cycles per k step of 24 FMAs, 12 the bound); its results are checked
 on any x86 machine by the tests, which run it with ``TINYMVIT_ISA=avx512`` (LLVM
 splits the 16-lane operations where the CPU has no AVX-512).
 """
