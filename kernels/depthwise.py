@@ -110,6 +110,7 @@ def unpack_depthwise_weight(wp):
 
 
 def check_depthwise_weight(wp):
+    """Refuse anything but a packed weight whose blocks fit its channels and kernel size."""
     check(isinstance(wp, DepthwiseWeight), "depthwise weights must come from "
                                            "prepare_depthwise_weight")
     check_array(wp.blocks, "depthwise weight", 3)
