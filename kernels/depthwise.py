@@ -137,25 +137,24 @@ def depthwise_row(src, offs, xs, w, w_off, kh, kw, c, b_off, act, dst, d_off, ds
     tile_act = ACT_NONE if act == ACT_SILU else act
     c_full = c - c % VEC
     step = d if s == 1 else 1             # a tile's pixels: d apart share input columns
-    j = 0
-    while j + DW_PIX * step <= wo:        # blocks of step interleaved tiles
-        for q in range(j, j + step):
-            o = d_off + q * ds
-            if c_full:
-                dw_tile(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw, 0,
-                        c_full, s, d, tile_act)
-            if c_full < c:
-                dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, w, w_off, b_off, kh, kw,
-                          c_full, c, s, d, tile_act)
-        j += DW_PIX * step
-    for j in range(j, wo):                # then single pixels
+    blocks = wo // (DW_PIX * step)        # blocks of step interleaved tiles
+    for q in range(step if blocks else 0):
+        o = d_off + q * ds
+        if c_full:
+            dw_tile(dst, o, ds, src, offs, xs, q * s, step, blocks, w, w_off, b_off, kh, kw, 0,
+                    c_full, s, d, tile_act)
+        if c_full < c:
+            dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, blocks, w, w_off, b_off, kh, kw,
+                      c_full, c, s, d, tile_act)
+    j = blocks * DW_PIX * step            # then single pixels
+    if j < wo:
         o = d_off + j * ds
         if c_full:
-            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, 0, c_full, s,
-                     d, tile_act)
+            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw, 0,
+                     c_full, s, d, tile_act)
         if c_full < c:
-            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, w, w_off, b_off, kh, kw, c_full, c,
-                       s, d, tile_act)
+            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw,
+                       c_full, c, s, d, tile_act)
     if act == ACT_SILU:                   # (and the padding between pixels: never read)
         activate(dst, d_off, (wo - 1) * ds + c, act)
 

@@ -812,24 +812,33 @@ def _dw_codegen(npix, masked):
     the output; the columns and pixels are fixed offsets from those (see :func:`_opaque`)."""
     def codegen(context, builder, sig, args):
         dst_p, src_p, offs_p, w_p = (_data(context, builder, sig.args[i], args[i])
-                                     for i in (0, 3, 4, 8))
-        d_off, ds, xs, col, step, w_off, b_off, kh, kw, c_lo, c_hi, s, d, act = (
+                                     for i in (0, 3, 4, 9))
+        d_off, ds, xs, col, step, n, w_off, b_off, kh, kw, c_lo, c_hi, s, d, act = (
             _intp(context, builder, args[i], sig.args[i])
-            for i in (1, 2, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17))
+            for i in (1, 2, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18))
         const = lambda v: ir.Constant(d_off.type, v)  # noqa: E731
         mask = _lane_mask(builder, builder.sub(c_hi, c_lo)) if masked else None
         b_p = builder.gep(w_p, [b_off])
         dst_p, w_p = builder.gep(dst_p, [d_off]), builder.gep(w_p, [w_off])
         taps = builder.mul(kh, kw)
-        dc, x0 = builder.mul(d, xs), builder.mul(col, xs)   # input pixels are xs floats apart
+        dc = builder.mul(d, xs)                       # input pixels are xs floats apart
         out_step = builder.mul(step, ds)              # from one of the tile's pixels to the next
         in_step = builder.mul(s, builder.mul(step, xs))   # ... and their first taps
+
+        def along_row(emit):
+            """emit(dst_t, x0_t) for the n tiles, npix*step pixels apart: their output
+            pointer and the offset of their first input column."""
+            def tile(_, carried):
+                emit(*carried)
+                return [builder.gep(carried[0], [builder.mul(const(npix), out_step)]),
+                        builder.add(carried[1], builder.mul(const(npix), in_step))]
+            _loop(builder, const(0), n, const(1), [dst_p, builder.mul(col, xs)], tile, "dw.t")
 
         def store(accs, out):                        # with the activation, in registers
             for q, acc in enumerate(_activations(builder, accs, act, DW_ACTIVATIONS)):
                 _store(builder, acc, builder.gep(out, [builder.mul(const(q), out_step)]), mask)
 
-        def generic(c0, _):
+        def generic(c0, dst_t, x0):
             w_c = builder.gep(w_p, [builder.mul(c0, taps)])   # channel vector c0's weights
 
             def tap_row(a, accs):
@@ -846,7 +855,7 @@ def _dw_codegen(npix, masked):
                 return _loop(builder, const(0), kw, const(1), accs, tap, "dw.b")
             bias = _load(builder, builder.gep(b_p, [c0]), mask)
             store(_loop(builder, const(0), kh, const(1), [bias] * npix, tap_row, "dw.a"),
-                  builder.gep(dst_p, [c0]))
+                  builder.gep(dst_t, [c0]))
             return []
 
         def unrolled_3x3(stride, unit):
@@ -870,11 +879,11 @@ def _dw_codegen(npix, masked):
                 return [_opaque(builder, builder.gep(p, [const(n)]))
                         for p, n in zip(pointers, (VEC, VEC, VEC, 9 * VEC, VEC, VEC))]
 
-            def run():
+            def run(dst_t, x0):
                 start = [builder.gep(src_p, [builder.add(builder.load(builder.gep(
                     offs_p, [const(a)])), builder.add(x0, c_lo))]) for a in range(3)] + [
                     builder.gep(w_p, [builder.mul(c_lo, const(9))]), builder.gep(b_p, [c_lo]),
-                    builder.gep(dst_p, [c_lo])]
+                    builder.gep(dst_t, [c_lo])]
                 if masked:
                     body(None, start)
                     return
@@ -882,50 +891,51 @@ def _dw_codegen(npix, masked):
                 _loop(builder, const(0), vectors, const(1), start, body, "dw.c")
             return run
 
-        def over_channels(body):
+        def over_channels(dst_t, x0):
             if masked:
-                body(c_lo, [])
+                generic(c_lo, dst_t, x0)
             else:
-                _loop(builder, c_lo, c_hi, const(VEC), [], body, "dw.c")
+                _loop(builder, c_lo, c_hi, const(VEC), [],
+                      lambda c0, _: generic(c0, dst_t, x0), "dw.c")
 
         eq = lambda a, b: builder.icmp_signed("==", a, b)  # noqa: E731
         is_3x3 = builder.and_(eq(kh, const(3)), eq(kw, const(3)))
         if npix == 1:              # one pixel reads columns b*d at any stride: one copy
             with builder.if_else(is_3x3) as (three, rest):
                 with three:
-                    unrolled_3x3(1, dc)()
+                    along_row(unrolled_3x3(1, dc))
                 with rest:
-                    over_channels(generic)
+                    along_row(over_channels)
             return context.get_dummy_value()
         with builder.if_else(builder.and_(is_3x3, builder.and_(eq(s, const(1)), eq(step, d)))) \
                 as (stride1, other):
             with stride1:                            # columns (q + b)*d
-                unrolled_3x3(1, dc)()
+                along_row(unrolled_3x3(1, dc))
             with other:
                 with builder.if_else(builder.and_(builder.and_(is_3x3, eq(s, const(2))),
                                                   builder.and_(eq(d, const(1)),
                                                                eq(step, const(1))))) \
                         as (stride2, rest):
                     with stride2:                    # columns 2q + b
-                        unrolled_3x3(2, xs)()
+                        along_row(unrolled_3x3(2, xs))
                     with rest:
-                        over_channels(generic)
+                        along_row(over_channels)
         return context.get_dummy_value()
     return codegen
 
 
 def _dw_intrinsic(npix, masked, doc):
     @intrinsic
-    def tile(typingctx, dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw,
+    def tile(typingctx, dst, d_off, ds, src, offs, xs, col, step, n, w, w_off, b_off, kh, kw,
              c_lo, c_hi, s, d, act):
         if not (_is_f32_c_array(dst) and _is_f32_c_array(src) and _is_f32_c_array(w)
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.layout == "C"
-                and _ints(d_off, ds, xs, col, step, w_off, b_off, kh, kw, c_lo, c_hi, s, d,
+                and _ints(d_off, ds, xs, col, step, n, w_off, b_off, kh, kw, c_lo, c_hi, s, d,
                           act)):
             return None
-        return (types.void(dst, d_off, ds, src, offs, xs, col, step, w, w_off, b_off, kh, kw,
-                           c_lo, c_hi, s, d, act), _dw_codegen(npix, masked))
+        return (types.void(dst, d_off, ds, src, offs, xs, col, step, n, w, w_off, b_off, kh,
+                           kw, c_lo, c_hi, s, d, act), _dw_codegen(npix, masked))
     tile.__doc__ = doc
     return tile
 
@@ -938,26 +948,29 @@ DW_ACTIVATIONS = ACTIVATIONS_IR[1:3]
 _DW_DOC = """{what} of a depthwise convolution, with its activation ``act`` (none, ReLU or
 ReLU6: a run-time code; any other leaves the sums as they are, see DW_ACTIVATIONS)::
 
-    dst.flat[d_off + q*step*ds + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
+    dst.flat[d_off + p*step*ds + ch] = act(w.flat[b_off + ch] + sum_{{a<kh, b<kw}}
                                            w.flat[w_off + g*kh*kw*VEC + (a*kw + b)*VEC + l]
-                                           * src.flat[offs[a] + (col + q*step*s + b*d)*xs + ch])
+                                           * src.flat[offs[a] + (col + p*step*s + b*d)*xs + ch])
 
-for q < {npix} and channels ch = g*VEC + l in [c_lo, c_hi) ({lanes}; c_lo a multiple of VEC):
-output pixels ``step`` apart (1; d for a dilated 3x3 kernel at stride 1, whose pixels then
-share input columns).  ``offs[a]`` is the flat offset of the input row read by tap row a
-(padded: every tap must lie inside src), ``col`` the column of pixel 0's first tap, s the
-stride, d the dilation, w the packed weight (``depthwise.DepthwiseWeight``: the kh*kw
-vectors of channel vector g side by side) and the biases; input pixels are xs >= c floats
-apart, output pixels ds >= c (see depthwise.pixel_stride)."""
+for the pixels p = t*{npix} + q of n tiles (t < n, q < {npix}) and channels ch = g*VEC + l in
+[c_lo, c_hi) ({lanes}; c_lo a multiple of VEC): output pixels ``step`` apart (1; d for a
+dilated 3x3 kernel at stride 1, whose pixels then share input columns).  ``offs[a]`` is the
+flat offset of the input row read by tap row a (padded: every tap must lie inside src),
+``col`` the column of pixel 0's first tap, s the stride, d the dilation, w the packed weight
+(``depthwise.DepthwiseWeight``: the kh*kw vectors of channel vector g side by side) and the
+biases; input pixels are xs >= c floats apart, output pixels ds >= c (see
+depthwise.pixel_stride).  The tiles run one after the other in one call (the set-up and the
+choice of loop, once per row rather than per tile: 1.4x at 32 channels on AVX2)."""
 dw_tile = _dw_intrinsic(DW_PIX, False, _DW_DOC.format(
-    what="DW_PIX output pixels", npix="DW_PIX",
+    what="Tiles of DW_PIX output pixels", npix="DW_PIX",
     lanes="whole vectors: c_hi - c_lo a multiple of VEC"))
 dw_tile_n = _dw_intrinsic(DW_PIX, True, _DW_DOC.format(
     what="dw_tile for one partial channel vector", npix="DW_PIX", lanes="c_hi - c_lo < VEC"))
 dw_pixel = _dw_intrinsic(1, False, _DW_DOC.format(
-    what="One output pixel", npix="1", lanes="whole vectors"))
+    what="Single output pixels", npix="1", lanes="whole vectors"))
 dw_pixel_n = _dw_intrinsic(1, True, _DW_DOC.format(
-    what="One output pixel, one partial channel vector", npix="1", lanes="c_hi - c_lo < VEC"))
+    what="Single output pixels, one partial channel vector", npix="1",
+    lanes="c_hi - c_lo < VEC"))
 
 
 # ---------------------------------------------------------------- block copies
