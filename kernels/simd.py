@@ -800,8 +800,9 @@ def gemv_tile_out(typingctx, a, a_base, w, w_base, kn, b_base, ncols, out, o_bas
 
 # ---------------------------------------------------------------- the depthwise micro-kernel
 def _dw_codegen(npix, masked):
-    """IR of a depthwise tile of ``npix`` pixels, ``step`` pixels apart: full vectors for
-    channels [c_lo, c_hi), or one masked vector of c_hi - c_lo lanes at c_lo.  The 3x3
+    """IR of ``n`` depthwise tiles along a row, each of ``npix`` pixels ``step`` pixels
+    apart: full vectors for channels [c_lo, c_hi), or one masked vector of c_hi - c_lo lanes
+    at c_lo.  The 3x3
     kernels (nearly all of them) get unrolled copies in which the tile's pixels share the
     loads of the input columns they both read: at stride 1 with pixels d apart (d the
     dilation: 1, or DeepLab's 2 and 4), pixel q's taps read columns (q + b)*d, so 4 pixels
