@@ -138,7 +138,7 @@ def depthwise_row(src, offs, xs, w, w_off, kh, kw, c, b_off, act, dst, d_off, ds
     c_full = c - c % VEC
     step = d if s == 1 else 1             # a tile's pixels: d apart share input columns
     blocks = wo // (DW_PIX * step)        # blocks of step interleaved tiles
-    for q in range(step if blocks else 0):
+    for q in range(step):
         o = d_off + q * ds
         if c_full:
             dw_tile(dst, o, ds, src, offs, xs, q * s, step, blocks, w, w_off, b_off, kh, kw, 0,
@@ -147,14 +147,13 @@ def depthwise_row(src, offs, xs, w, w_off, kh, kw, c, b_off, act, dst, d_off, ds
             dw_tile_n(dst, o, ds, src, offs, xs, q * s, step, blocks, w, w_off, b_off, kh, kw,
                       c_full, c, s, d, tile_act)
     j = blocks * DW_PIX * step            # then single pixels
-    if j < wo:
-        o = d_off + j * ds
-        if c_full:
-            dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw, 0,
-                     c_full, s, d, tile_act)
-        if c_full < c:
-            dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw,
-                       c_full, c, s, d, tile_act)
+    o = d_off + j * ds
+    if c_full:
+        dw_pixel(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw, 0, c_full,
+                 s, d, tile_act)
+    if c_full < c:
+        dw_pixel_n(dst, o, ds, src, offs, xs, j * s, 1, wo - j, w, w_off, b_off, kh, kw, c_full,
+                   c, s, d, tile_act)
     if act == ACT_SILU:                   # (and the padding between pixels: never read)
         activate(dst, d_off, (wo - 1) * ds + c, act)
 

@@ -201,9 +201,10 @@ def _store(builder, v, fptr, mask=None):
     builder.call(fn, [v, _vptr(builder, fptr), ir.Constant(_I32, 4), mask])
 
 
-def _loop(builder, start, stop, step, carried, body, name):
+def _loop(builder, start, stop, step, carried, body, name, opaque=False):
     """Emit ``for i in range(start, stop, step)`` carrying SSA values; returns their final
-    values.  ``body(i, values) -> new values`` emits the loop body."""
+    values.  ``body(i, values) -> new values`` emits the loop body.  ``opaque``: i advances
+    through :func:`_opaque` (addresses indexed by i stay as written)."""
     entry = builder.block
     check = builder.append_basic_block(f"{name}.check")
     loop = builder.append_basic_block(f"{name}.body")
@@ -220,7 +221,8 @@ def _loop(builder, start, stop, step, carried, body, name):
     builder.cbranch(builder.icmp_signed("<", i, stop), loop, done)
     builder.position_at_end(loop)
     new = body(i, phis)
-    i.add_incoming(builder.add(i, step), builder.block)
+    nxt = builder.add(i, step)
+    i.add_incoming(_opaque(builder, nxt) if opaque else nxt, builder.block)
     for phi, v in zip(phis, new):
         phi.add_incoming(v, builder.block)
     builder.branch(check)
@@ -563,19 +565,18 @@ def _tile_products(builder, row_ptrs, w_p, kn, init, nv=NV):
     w_p, NR floats apart), one broadcast per row, nv FMAs per row."""
     const = lambda v: ir.Constant(kn.type, v)  # noqa: E731
 
-    def step(_, carried):
-        k, w_row, accs = carried[0], carried[1], carried[2:]
+    def step(k, carried):
+        w_row, accs = carried[0], carried[1:]
         b = [_load(builder, builder.gep(w_row, [const(j * VEC)])) for j in range(nv)]
         new = []
         for i, row in enumerate(row_ptrs):
             s = _splat(builder, builder.load(builder.gep(row, [k]), align=4))
             new += [_fma(builder, s, b[j], accs[i * nv + j]) for j in range(nv)]
-        # k and the weight row advance out of LLVM's sight (_opaque): rows stay fixed
-        # pointers read at [k] (with AVX-512's 12 rows, strength reduction made 12 row
-        # counters of them, and no registers were left: 19 cycles per k instead of 12)
-        return [_opaque(builder, builder.add(k, const(1))),
-                _opaque(builder, builder.gep(w_row, [const(NR)]))] + new
-    return _loop(builder, const(0), kn, const(1), [const(0), w_p] + init, step, "k")[2:]
+        return [_opaque(builder, builder.gep(w_row, [const(NR)]))] + new
+    # k and the weight row advance out of LLVM's sight (_opaque): rows stay fixed pointers
+    # read at [k] (with AVX-512's 12 rows, strength reduction made 12 row counters of them,
+    # and no registers were left: 19 cycles per k instead of 12)
+    return _loop(builder, const(0), kn, const(1), [w_p] + init, step, "k", opaque=True)[1:]
 
 
 def _by_width(builder, ncols, emit):
@@ -835,6 +836,10 @@ def _dw_codegen(npix, masked):
                         builder.add(carried[1], builder.mul(const(npix), in_step))]
             _loop(builder, const(0), n, const(1), [dst_p, builder.mul(col, xs)], tile, "dw.t")
 
+        def input_row(a, x0, c0):                    # tap row a's input at column x0, channel c0
+            return builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
+                                                   builder.add(x0, c0))])
+
         def store(accs, out):                        # with the activation, in registers
             for q, acc in enumerate(_activations(builder, accs, act, DW_ACTIVATIONS)):
                 _store(builder, acc, builder.gep(out, [builder.mul(const(q), out_step)]), mask)
@@ -843,8 +848,7 @@ def _dw_codegen(npix, masked):
             w_c = builder.gep(w_p, [builder.mul(c0, taps)])   # channel vector c0's weights
 
             def tap_row(a, accs):
-                x_row = builder.gep(src_p, [builder.add(builder.load(builder.gep(offs_p, [a])),
-                                                        builder.add(x0, c0))])
+                x_row = input_row(a, x0, c0)
 
                 def tap(b, accs):
                     wv = _load(builder, builder.gep(w_c, [builder.mul(
@@ -881,8 +885,7 @@ def _dw_codegen(npix, masked):
                         for p, n in zip(pointers, (VEC, VEC, VEC, 9 * VEC, VEC, VEC))]
 
             def run(dst_t, x0):
-                start = [builder.gep(src_p, [builder.add(builder.load(builder.gep(
-                    offs_p, [const(a)])), builder.add(x0, c_lo))]) for a in range(3)] + [
+                start = [input_row(const(a), x0, c_lo) for a in range(3)] + [
                     builder.gep(w_p, [builder.mul(c_lo, const(9))]), builder.gep(b_p, [c_lo]),
                     builder.gep(dst_t, [c_lo])]
                 if masked:
