@@ -16,8 +16,8 @@ from tinymvit.kernels.layout import (copy_channels, copy_channels_reference,
                                     copy_checked_reference, copy_in)
 from tinymvit.kernels.attention_separable import (separable_attention,
                                                   separable_attention_reference)
-from tinymvit.kernels.norm import (group_norm1, group_norm1_reference, layer_norm,
-                                   layer_norm_reference)
+from tinymvit.kernels.norm import (group_norm1, group_norm1_reference, group_norm_parts,
+                                   layer_norm, layer_norm_reference)
 from tinymvit.kernels.patches import (fold_patches, fold_patches_reference, unfold_patches,
                                       unfold_patches_reference)
 from tinymvit.kernels.pooling import global_avg_pool, global_avg_pool_reference
@@ -72,6 +72,38 @@ def test_group_norm1_rows_with_different_means():
     out = np.empty_like(x)
     group_norm1(x, gamma, beta, 1e-5, out)
     assert_close(out, group_norm1_reference(x, gamma, beta, 1e-5))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4, 7])
+@pytest.mark.parametrize("shape,eps,scale,shift", GN_CASES + [
+    ((1, 3, 67, 24), 1e-5, 0.5, -40.0),   # rows not a multiple of the parts, mean >> std
+    ((3, 2, 5, 8), 1e-5, 1.0, 0.0),       # 3 samples, 10 rows: parts of 4 + 4 + 2 at 7 threads
+])
+def test_group_norm1_in_parts_matches_reference(shape, eps, scale, shift, threads):
+    # fewer samples than threads: each sample's statistics are taken in parts by one op and
+    # combined by the next (out of place and in place)
+    rng = np.random.default_rng(list(shape) + [threads])
+    x = randn(rng, shape, scale, shift)
+    drift = np.linspace(-3, 3, x.size // shape[-1], dtype=np.float32)   # per-row means differ
+    x += drift.reshape(shape[:-1] + (1,))
+    gamma = randn(rng, shape[-1:], 1.0, 1.0)
+    beta = randn(rng, shape[-1:])
+    want = group_norm1_reference(x, gamma, beta, eps)
+    out = np.full_like(x, np.nan)
+    group_norm1(x, gamma, beta, eps, out, threads=threads)
+    assert_close(out, want)
+    y = x.copy()
+    group_norm1(y, gamma, beta, eps, y, threads=threads)
+    assert_close(y, want)
+
+
+def test_group_norm_parts():
+    # batch 1, 2 threads: two halves; no part is ever empty; a sample per thread: one part
+    assert group_norm_parts((1, 4, 256, 128), 2) == (2, 512)
+    assert group_norm_parts((1, 5, 8), 4) == (3, 2)         # 5 rows: 2 + 2 + 1, not 4 parts
+    assert group_norm_parts((1, 1, 8), 4) == (1, 1)
+    assert group_norm_parts((2, 9, 13, 4), 2) == (1, 117)
+    assert group_norm_parts((3, 10, 8), 7) == (3, 4)
 
 
 LN_CASES = [

@@ -515,13 +515,13 @@ class Fold(Node):
 class Norm(Node):
     """A normalisation with per-channel affine parameters; shape-preserving.
 
-    make_op: ``norm.group_norm_op`` (one group over all of a sample's values,
-    MobileViTV2) or ``norm.layer_norm_op`` (over the channel axis, per token, MobileViT).
+    ``group``: GroupNorm(1) (one group over all of a sample's values, MobileViTV2), else
+    LayerNorm (over the channel axis, per token, MobileViT).
     """
 
-    def __init__(self, name, inputs, output, make_op, gamma, beta, eps):
+    def __init__(self, name, inputs, output, group, gamma, beta, eps):
         super().__init__(name, inputs, output)
-        self.make_op, self.eps = make_op, float(eps)
+        self.group, self.eps = bool(group), float(eps)
         self.params = [np.ascontiguousarray(a, np.float32) for a in (gamma, beta)]
 
     def place(self, arena):
@@ -531,12 +531,18 @@ class Norm(Node):
     def infer(self, shapes):
         return shapes[0], None
 
+    def scratch_size(self, in_shapes, out_shape, args, threads):
+        return norm.group_norm_stats_floats(in_shapes[0], threads) if self.group else 0
+
     def steps(self, ins, out, args, scratch, threads):
-        return [self.make_op(ins[0].off, ins[0].shape, out.off, *self.offsets, threads)]
+        x = ins[0]
+        if self.group:          # a sample cut into parts: their statistics in the scratch
+            return norm.group_norm_ops(x.off, x.shape, out.off, *self.offsets,
+                                       scratch.off if scratch else 0, threads)
+        return [norm.layer_norm_op(x.off, x.shape, out.off, *self.offsets, threads)]
 
     def reference(self, xs, out_shape, args):
-        reference = {norm.group_norm_op: norm.group_norm1_reference,
-                     norm.layer_norm_op: norm.layer_norm_reference}[self.make_op]
+        reference = norm.group_norm1_reference if self.group else norm.layer_norm_reference
         return reference(xs[0], *self.params, self.eps)                     # (N, P, T, C)
 
 
@@ -945,20 +951,20 @@ class GraphBuilder:
         return self._add(Fold(name, [tokens, like], self._new(name), p, mode),
                          self.channels[tokens])
 
-    def _norm(self, x, prefix, eps, make_op):
+    def _norm(self, x, prefix, eps, group):
         c = self.channels[x]
         g = self._get(prefix, "weight", (c,), True)
         b = self._get(prefix, "bias", (c,), True)
         name = self._name(prefix, True)
-        return self._add(Norm(name, [x], self._new(name), make_op, g, b, eps), c)
+        return self._add(Norm(name, [x], self._new(name), group, g, b, eps), c)
 
     def group_norm(self, x, prefix, eps):
         """GroupNorm(1, C) ``<prefix>.weight/.bias`` (MobileViTV2's "layernorm")."""
-        return self._norm(x, prefix, eps, norm.group_norm_op)
+        return self._norm(x, prefix, eps, True)
 
     def layer_norm(self, x, prefix, eps):
         """nn.LayerNorm(C) ``<prefix>.weight/.bias``, per token (MobileViT)."""
-        return self._norm(x, prefix, eps, norm.layer_norm_op)
+        return self._norm(x, prefix, eps, False)
 
     def separable_attention(self, qkv, prefix):
         """MobileViTV2's attention core; transformers' ``<prefix>`` module also applies

@@ -176,7 +176,7 @@ def describe(node, in_shapes, args):
             ", bilinear resize back" if resized else
             ", uncovered rows/columns 0" if node.mode == "floor" else "")
     if isinstance(node, G.Norm):
-        return "GroupNorm(1)" if node.make_op is G.norm.group_norm_op else "LayerNorm"
+        return "GroupNorm(1)" if node.group else "LayerNorm"
     if isinstance(node, G.MultiHeadAttention):
         return f"multi-head attention, {node.num_heads} heads"
     return {G.SeparableAttention: "separable attention (softmax over patches)",
