@@ -31,8 +31,8 @@ import numpy as np
 
 from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
 from .policy import arenas, check, check_array, helper, job
-from .simd import (MR, NR, NV, VEC, gemm_tile_out, gemv_tile_out, vadd, vload, vload_n, vstore,
-                   vstore_n)
+from .simd import (MR, NR, NV, TILE_HEIGHTS, VEC, gemm_tile_out, gemv_tile_out, vadd, vload,
+                   vload_n, vstore, vstore_n)
 from .workers import default_threads
 
 
@@ -246,17 +246,25 @@ def plan_jobs(m, mc_max, panels, threads):
     return q * MR, pg, n_chunks * -(-panels // pg), big
 
 
+def _tile_height(rem):
+    """Rows the tile computing the last ``rem`` (0 < rem <= MR) rows of a product has."""
+    return next(h for h in TILE_HEIGHTS if h >= rem)
+
+
 def _tile_cost(rows):
-    """Register tiles' worth of work in ``rows`` rows: a last block of at most MR/2 rows
-    costs half a tile (``gemm_tile_out`` computes MR/2 rows for it)."""
+    """Register tiles' worth of time ``rows`` rows take: whole tiles of MR rows, then one
+    of the lowest height that holds the rest (``gemm_tile_out``), its time per k step
+    that of its rows or of the 8 FMA chains it needs at least (3-row AVX2 tiles: 2/3)."""
     rem = rows % MR
-    return rows // MR + (0.0 if rem == 0 else 0.5 if rem <= MR // 2 else 1.0)
+    return rows // MR + (0.0 if rem == 0 else max(_tile_height(rem), 8 // NV) / MR)
 
 
 def tile_rows(rows):
     """Rows the register tiles compute for a product of ``rows`` rows (whole tiles of MR
-    rows, the last block of at most MR/2 rows as MR/2): 28 -> 30 with AVX2 and AVX-512."""
-    return round(_tile_cost(rows) * MR)
+    rows, then the lowest of TILE_HEIGHTS that holds the rest): 28 -> 28 with AVX2 (6 + 6
+    + 6 + 6 + 4) and AVX-512 (12 + 12 + 4), 33 -> 33 and 36."""
+    rem = rows % MR
+    return rows - rem + (_tile_height(rem) if rem else 0)
 
 
 def _row_split_load(m, q, big, threads):

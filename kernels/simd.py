@@ -24,10 +24,11 @@ This module gives the kernels explicit tools instead, all of them Numba
    MR * NV fused multiply-adds.  ``gemm_tile_out`` adds the epilogue (bias,
    activation, residual) in registers, and computes a last panel of at most VEC
    columns with one vector per row (half the FMAs: 144 channels on AVX-512, a
-   36-wide attention head) and a last block of at most MR/2 rows with MR/2 rows
-   (49 pixels, 56-pixel image rows); ``gemm_taps_out`` runs the k loop over up to TAP_ROWS
-   segments of A per tile row, each row starting where it likes (the tap rows of a staged
-   convolution's output pixels, a tile running on from one image row into the next).
+   36-wide attention head) and the last rows of a product (49 pixels, 28-pixel image
+   rows) with a lower tile (TILE_HEIGHTS: e.g. 4 or 8 rows of 12); ``gemm_taps_out`` runs
+   the k loop over up to TAP_ROWS segments of A per tile row, each row starting where it
+   likes (the tap rows of a staged convolution's output pixels, a tile running on from one
+   image row into the next).
 
 3. ``dw_tile`` -- the depthwise-convolution micro-kernel: DW_PIX output pixels of one
    channel vector (neighbours, or d apart for a kernel of dilation d, so that they share
@@ -65,6 +66,16 @@ cgutils = LazyModule("numba.core.cgutils")
 
 # ISA -> (VEC lanes, MR rows, NV vectors per tile row)
 TILES = {"avx512": (16, 12, 2), "avx2": (8, 6, 2), "generic": (4, 4, 4)}
+# ISA -> the heights of the whole-width tiles compiled, the last MR: a product's last rows
+# (fewer than MR) are computed by the lowest that holds them.  A tile of h rows takes
+# max(h, 8 / NV) rows' time per k step (8 FMA chains cover the FMA latency 4 x 2 units),
+# its epilogue (bias, activation) h rows' time.  The fused blocks' 1x1 products are one
+# image row each: with AVX-512, rows of 28, 64, 112 pixels end in 4 rows, of 32, 56, 128
+# in 8, and DeepLabV3-MobileNetV2's 33 x 33 maps in 9 (before, 6 or 12: 3-7 % more GEMM
+# work for MobileNetV2 and 4 % for that DeepLabV3, now 3 and 0.7 %, as the plans count it).
+# AVX2 keeps the 3-row tile for 1-3 last rows (a 4-row one made MobileViT-XXS, whose
+# 128-pixel rows are 16 channels deep, 1.5 % slower).
+HEIGHTS = {"avx512": (4, 8, 9, 12), "avx2": (3, 4, 6), "generic": (2, 4)}
 
 
 def _host_features():
@@ -92,6 +103,7 @@ FEATURES = _host_features()
 ISA = _host_isa(FEATURES)
 FORCED_ISA = bool(os.environ.get("TINYMVIT_ISA", "").strip())
 VEC, MR, NV = TILES[ISA]
+TILE_HEIGHTS = HEIGHTS[ISA]
 NR = NV * VEC          # columns of a register tile = width of a packed weight panel
 TILE = MR * NR         # floats in a register tile
 DW_PIX = 4             # output pixels of a depthwise tile
@@ -681,7 +693,8 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
     for i < rows (<= MR), j < ncols (<= NR); ``act`` (none, ReLU, ReLU6, SiLU) and
     ``has_res`` are chosen at run time, once per tile.  Columns past ncols and rows past
     ``rows`` are neither read nor written; when ncols <= VEC only the panel's first
-    vector of columns is computed, when rows <= MR/2 only MR/2 rows.
+    vector of columns is computed, else only the rows of the lowest of TILE_HEIGHTS that
+    holds ``rows``.
     """
     if not (_is_f32_c_array(a) and _is_f32_c_array(w) and _is_f32_c_array(out)
             and _is_f32_c_array(res) and _ints(a_base, lda, rows, w_base, kn, b_base, ncols,
@@ -704,19 +717,19 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
             _tile_epilogue(context, builder, accs, w_p, b_base, ncols, out_p, o_base, ldo,
                            res_p, r_base, rows, act, with_res, nv, mr)
 
-        def by_height(nv):
-            """A whole-width tile of at most MR/2 rows (the last rows of a product whose
-            height is not a multiple of MR: 49 pixels of a 7x7 map, a 56-pixel image row)
-            computes only those MR/2 rows."""
-            if nv == 1 or MR % 2:
+        def by_height(nv, heights=TILE_HEIGHTS):
+            """A whole-width tile computes the rows of the lowest of TILE_HEIGHTS that
+            holds ``rows`` (the last rows of a product whose height is not a multiple of
+            MR: 49 pixels of a 7x7 map, a 28-pixel image row); a narrow one MR rows."""
+            if nv == 1 or len(heights) == 1:
                 tile(nv, MR)
                 return
-            short = builder.icmp_signed("<=", rows, ir.Constant(rows.type, MR // 2))
-            with builder.if_else(short) as (few, full):
+            low = builder.icmp_signed("<=", rows, ir.Constant(rows.type, heights[0]))
+            with builder.if_else(low) as (few, more):
                 with few:
-                    tile(nv, MR // 2)
-                with full:
-                    tile(nv, MR)
+                    tile(nv, heights[0])
+                with more:
+                    by_height(nv, heights[1:])
         _by_width(builder, ncols, by_height)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,

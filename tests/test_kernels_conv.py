@@ -32,6 +32,7 @@ POINTWISE_SHAPES = [  # (leading dims of x, Cin, Cout)
     ((37,), 19, 33), ((64,), 64, 32), ((130,), 3, 48), ((2, 5, 7), 24, 40),
     ((1, 9, 11), 64, 130), ((2, 6, 6), 96, 257), ((257,), 128, 1), ((1, 16, 16), 32, 64),
     ((3, 2, 4, 5), 10, 31), ((600,), 1, 20),
+    ((8,), 20, 40), ((9,), 33, 35), ((23,), 17, 64), ((2, 28), 24, 48),   # every tile height
 ]
 
 
@@ -105,16 +106,27 @@ def test_pointwise_weight_layouts_agree():
     assert np.array_equal(wp[-1, :, :last], w[(panels - 1) * nr:].T)
 
 
-@pytest.mark.parametrize("mr", [6, 12])
-def test_tile_rows_count_the_half_tile(monkeypatch, mr):
-    """Rows a 1x1 product's register tiles compute (AVX2 6-row and AVX-512 12-row tiles): the
-    fusion decision (graph.FusedSeparable.fused) weighs the idle ones."""
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "generic"])
+def test_tile_rows_and_heights(monkeypatch, isa):
+    """Rows a 1x1 product's register tiles compute (AVX2 6-row, AVX-512 12-row tiles, the
+    last rows by the lowest tile that holds them): the fusion decision
+    (graph.FusedSeparable.fused) weighs the idle ones, the job split their cost."""
+    _, mr, nv = simd.TILES[isa]
+    heights = simd.HEIGHTS[isa]
     monkeypatch.setattr(pointwise, "MR", mr)
+    monkeypatch.setattr(pointwise, "NV", nv)
+    monkeypatch.setattr(pointwise, "TILE_HEIGHTS", heights)
+    assert heights[-1] == mr and list(heights) == sorted(heights)
+    assert all(h * nv >= 8 for h in heights[1:])   # enough FMA chains, but in the lowest
     for rows in range(1, 5 * mr):
         full, rem = divmod(rows, mr)
-        want = full * mr + (0 if rem == 0 else mr // 2 if rem <= mr // 2 else mr)
-        assert pointwise.tile_rows(rows) == want, rows
-    assert pointwise.tile_rows(28) == 30             # MobileNetV2's 28 x 28 stage, both tiles
+        last = min((h for h in heights if h >= rem), default=0) if rem else 0
+        assert pointwise.tile_rows(rows) == full * mr + last, rows
+        cost = max(last, 8 // nv) / mr if rem else 0   # (the lowest one: latency-bound)
+        assert pointwise._tile_cost(rows) == pytest.approx(full + cost), rows
+    if isa != "generic":
+        assert pointwise.tile_rows(28) == 28       # MobileNetV2's 28 x 28 stage
+        assert pointwise.tile_rows(64) == 64       # MobileViT's 64 x 64 stage
 
 
 def test_pointwise_reference_is_plain_matmul():

@@ -250,10 +250,10 @@ class FusedSeparable(Node):
     recomputation would cost more than MAX_EXTRA (small maps on several threads), rows
     are narrower than MIN_WIDTH (small maps: they fit in cache anyway), or a row would
     leave more than MAX_IDLE of the rows its register tiles compute idle
-    (``pointwise.tile_rows``: tiles of MR = 6 rows with AVX2, 12 with AVX-512, and MR/2 for
-    a short last block; a 28-pixel row is 30 rows either way, and fused is 1.5-2 % faster
-    for MobileNetV2 on Zen 3), the three convs run one after the other on scratch buffers
-    instead.
+    (``pointwise.tile_rows``: tiles of MR = 6 rows with AVX2, 12 with AVX-512, and a lower
+    one, simd.TILE_HEIGHTS, for the last rows; a 28-pixel row is 28 rows either way, and
+    fused is 1.5-2 % faster for MobileNetV2 on Zen 3), the three convs run one after the
+    other on scratch buffers instead.
     """
 
     MAX_EXTRA = 0.15   # largest fraction of input rows expanded twice that fusion may cost
