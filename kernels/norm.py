@@ -163,13 +163,14 @@ def group_norm_job(pa, a_size, pw, w_size, pp, j, worker):
     x_b = x_off + b * size
     r_lo = part * rows
     r_hi = min(m, r_lo + rows)
-    if phase == STATS:
-        mu, m2 = _sample_stats(A, x_b + r_lo * c, (r_hi - r_lo) * c)
-        _put_f64(A, stats_off + STATS_FLOATS * j, mu)
-        _put_f64(A, stats_off + STATS_FLOATS * j + 2, m2)
-        return
-    if phase == WHOLE:
-        mu, m2 = _sample_stats(A, x_b, size)
+    if phase != APPLY:                      # (one call: the statistics' code is inlined)
+        whole = phase == WHOLE
+        mu, m2 = _sample_stats(A, x_b if whole else x_b + r_lo * c,
+                               size if whole else (r_hi - r_lo) * c)
+        if not whole:
+            _put_f64(A, stats_off + STATS_FLOATS * j, mu)
+            _put_f64(A, stats_off + STATS_FLOATS * j + 2, m2)
+            return
     else:                                   # Chan et al.: (n, mean, M2) of the parts so far
         n, mu, m2 = 0.0, 0.0, 0.0
         for q in range(parts):
