@@ -720,16 +720,17 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
         def by_height(nv, heights=TILE_HEIGHTS):
             """A whole-width tile computes the rows of the lowest of TILE_HEIGHTS that
             holds ``rows`` (the last rows of a product whose height is not a multiple of
-            MR: 49 pixels of a 7x7 map, a 28-pixel image row); a narrow one MR rows."""
+            MR: 49 pixels of a 7x7 map, a 28-pixel image row); a narrow one MR rows.  The
+            full tile, by far the most common, is the first branch."""
             if nv == 1 or len(heights) == 1:
-                tile(nv, MR)
+                tile(nv, heights[-1] if nv > 1 else MR)
                 return
-            low = builder.icmp_signed("<=", rows, ir.Constant(rows.type, heights[0]))
-            with builder.if_else(low) as (few, more):
-                with few:
-                    tile(nv, heights[0])
-                with more:
-                    by_height(nv, heights[1:])
+            more = builder.icmp_signed(">", rows, ir.Constant(rows.type, heights[-2]))
+            with builder.if_else(more, likely=True) as (tall, low):
+                with tall:
+                    tile(nv, heights[-1])
+                with low:
+                    by_height(nv, heights[:-1])
         _by_width(builder, ncols, by_height)
         return context.get_dummy_value()
     return types.void(a, a_base, lda, rows, w, w_base, kn, b_base, ncols, out, o_base, ldo, res,
