@@ -262,7 +262,7 @@ def _tile_cost(rows):
 def tile_rows(rows):
     """Rows the register tiles compute for a product of ``rows`` rows (whole tiles of MR
     rows, then the lowest of TILE_HEIGHTS that holds the rest): 28 -> 28 with AVX2 (6 + 6
-    + 6 + 6 + 4) and AVX-512 (12 + 12 + 4), 33 -> 33 and 36."""
+    + 6 + 6 + 4) and AVX-512 (12 + 12 + 4), 33 -> 33 (30 + 3, 24 + 9), 49 -> 51 and 52."""
     rem = rows % MR
     return rows - rem + (_tile_height(rem) if rem else 0)
 
