@@ -19,8 +19,8 @@ threads (batch 1): then it is two ops.  The first takes the two-pass statistics 
 part of the sample (a run of its rows) in parallel; the second combines the parts' counts,
 means and squared deviations exactly (Chan, Golub & LeVeque's pairwise update, in float64)
 and normalises each part.  (Every job taking the whole sample's statistics itself, in one
-op, read the sample 2 x parts times instead of twice: at 2 threads a GroupNorm took longer
-than at 1 -- 21 of them in MobileViTV2-1.0, ~0.7 ms of its 25.)
+op, read the sample 2 x parts times instead of twice: on Zen 3 a (1, 4, 256, 128) GroupNorm
+took 76 us at 2 threads against 33 at 1, now 15; MobileViTV2-1.0 at 2 threads -1.3 %.)
 """
 import numpy as np
 

@@ -69,8 +69,8 @@ TILES = {"avx512": (16, 12, 2), "avx2": (8, 6, 2), "generic": (4, 4, 4)}
 # ISA -> the heights of the whole-width tiles compiled, the last MR: a product's last rows
 # (fewer than MR) are computed by the lowest that holds them.  A tile of h rows takes
 # max(h, 8 / NV) rows' time per k step (8 FMA chains cover the FMA latency 4 x 2 units),
-# its epilogue (bias, activation) h rows' time.  The fused blocks' 1x1 products are one
-# image row each: with AVX-512, rows of 28, 64, 112 pixels end in 4 rows, of 32, 56, 128
+# its epilogue (bias, activation) h rows' time.  A fused block's 1x1 expand takes one
+# image row at a time: with AVX-512, rows of 28, 64, 112 pixels end in 4 rows, of 32, 56, 128
 # in 8, and DeepLabV3-MobileNetV2's 33 x 33 maps in 9 (before, 6 or 12: 3-7 % more GEMM
 # work for MobileNetV2 and 4 % for that DeepLabV3, now 3 and 0.7 %, as the plans count it).
 # AVX2 keeps the 3-row tile for 1-3 last rows (a 4-row one made MobileViT-XXS, whose
