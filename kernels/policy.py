@@ -193,10 +193,8 @@ def _claims_folder():
 
 
 def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from .workers import default_threads         # (workers imports this module)
+    return default_threads()
 
 
 def _start_helper(claims, units):

@@ -41,6 +41,8 @@ uses no CPU while the model is idle; waiting for a job count it spins briefly
 call uses the pool at a time; a concurrent call from another thread runs on its
 own thread instead of waiting (calls never block each other).
 """
+import functools
+import math
 import os
 import queue
 import threading
@@ -281,11 +283,86 @@ def settle(door):
 
 # ---------------------------------------------------------------- the pool
 def default_threads():
-    """The cores this process may run on."""
+    """The cores this process may run on: the CPUs of its affinity mask, no more than its
+    cgroup's CPU quota allows (:func:`cgroup_cpu_limit`)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cpus, limit) if limit else cpus)
+
+
+@functools.lru_cache(maxsize=None)
+def cgroup_cpu_limit(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """Whole CPUs' worth of time this process's Linux cgroup may use (its CPU quota over its
+    period, rounded up; the smallest along the path to the hierarchy's root), or None: no
+    quota, or none to be read.  A container started with ``--cpus 2`` (Docker, a Kubernetes
+    CPU limit) on a 64-core host still sees 64 CPUs in its affinity mask, but may run only 2
+    cores' worth: 64 workers would be throttled by the kernel in turn and hold each other up
+    at every op.  Read once per process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``)."""
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1].split(","), parts[2]
+        if parts[1] == "":                                       # v2: the unified hierarchy
+            limits += _quotas([root], path, _v2_quota)
+        elif "cpu" in controllers:                               # v1: the cpu controller
+            mounts = [os.path.join(root, name) for name in ("cpu", "cpu,cpuacct",
+                                                            "cpuacct,cpu")]
+            limits += _quotas(mounts, path, _v1_quota)
+    return max(1, math.ceil(min(limits) - 1e-9)) if limits else None
+
+
+def _quotas(mounts, path, read):
+    """The quotas read from ``path``'s folder under each mount and every folder above it
+    (a process in a container often sees its host's path, or "/", and its own limit at the
+    mount itself)."""
+    found = []
+    for mount in mounts:
+        if not os.path.isdir(mount):
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            quota = read(os.path.join(mount, *parts[:depth]))
+            if quota is not None:
+                found.append(quota)
+    return found
+
+
+def _read_words(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _ratio(quota, period):
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _v2_quota(folder):
+    words = _read_words(os.path.join(folder, "cpu.max"))      # "max 100000" or "200000 100000"
+    return _ratio(*words) if len(words) == 2 and words[0] != "max" else None
+
+
+def _v1_quota(folder):
+    quota = _read_words(os.path.join(folder, "cpu.cfs_quota_us"))     # -1: none
+    period = _read_words(os.path.join(folder, "cpu.cfs_period_us"))
+    return _ratio(quota[0], period[0]) if len(quota) == 1 and len(period) == 1 else None
 
 
 class Pool:

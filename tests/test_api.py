@@ -6,6 +6,7 @@ import pytest
 
 import tinymvit
 from fake_checkpoints import random_checkpoint
+from tinymvit.kernels import workers
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,51 @@ def test_thread_counts_agree(v1):
     tinymvit.set_num_threads(1)
     assert tinymvit.get_num_threads() == 1
     tinymvit.set_num_threads(2)
+
+
+def _cgroups(tmp_path, proc, files):
+    tmp_path.mkdir()
+    (tmp_path / "proc").write_text(proc)
+    for name, text in files.items():
+        path = tmp_path / "fs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "fs").mkdir(exist_ok=True)
+    return workers.cgroup_cpu_limit(str(tmp_path / "proc"), str(tmp_path / "fs"))
+
+
+def test_cgroup_cpu_quota_is_read(tmp_path):
+    """In a container with a CPU limit the affinity mask still lists every host CPU: the
+    default thread count comes from the quota (cgroup v2 cpu.max, v1 cfs quota / period)."""
+    v2 = "0::/\n"
+    assert _cgroups(tmp_path / "a", v2, {"cpu.max": "200000 100000\n"}) == 2
+    assert _cgroups(tmp_path / "b", v2, {"cpu.max": "150000 100000"}) == 2    # 1.5: rounded up
+    assert _cgroups(tmp_path / "c", v2, {"cpu.max": "50000 100000"}) == 1
+    assert _cgroups(tmp_path / "d", v2, {"cpu.max": "max 100000"}) is None    # no quota
+    # the process's own cgroup below a limited parent: the smallest limit on the way up
+    nested = {"kubepods/pod1/cpu.max": "max 100000", "kubepods/cpu.max": "300000 100000",
+              "cpu.max": "max 100000"}
+    assert _cgroups(tmp_path / "e", "0::/kubepods/pod1\n", nested) == 3
+    # a host path the container cannot see: its own limit is at the mount itself
+    assert _cgroups(tmp_path / "f", "0::/docker/abc\n", {"cpu.max": "400000 100000"}) == 4
+    v1 = "12:memory:/x\n4:cpu,cpuacct:/docker/abc\n0::/\n"
+    assert _cgroups(tmp_path / "g", v1, {"cpu,cpuacct/cpu.cfs_quota_us": "100000\n",
+                                         "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}) == 1
+    assert _cgroups(tmp_path / "h", v1, {"cpu,cpuacct/cpu.cfs_quota_us": "-1",
+                                         "cpu,cpuacct/cpu.cfs_period_us": "100000"}) is None
+    assert _cgroups(tmp_path / "i", v1, {}) is None                           # no files
+    assert _cgroups(tmp_path / "j", "garbage\n", {"cpu.max": "zz yy"}) is None
+    assert workers.cgroup_cpu_limit(str(tmp_path / "missing"), str(tmp_path)) is None
+
+
+def test_default_threads_follow_the_cpu_quota(monkeypatch):
+    cpus = workers.default_threads()
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: 1)
+    assert workers.default_threads() == 1
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: cpus + 5)      # above the CPUs
+    assert workers.default_threads() == cpus
+    monkeypatch.setattr(workers, "cgroup_cpu_limit", lambda: None)
+    assert workers.default_threads() == cpus
 
 
 def test_concurrent_calls_from_threads(v1):

@@ -475,10 +475,9 @@ def _check_threads(n):
 
 
 def set_num_threads(n):
-    """Default number of kernel threads for every model without its own ``num_threads``.
-
-    Capped at Numba's thread pool size (``NUMBA_NUM_THREADS``, the core count by default).
-    """
+    """Default number of kernel threads for every model without its own ``num_threads``
+    (otherwise: every core the process may use -- its CPU affinity, within its container's
+    CPU quota)."""
     global _default_threads
     _default_threads = _check_threads(n)
 

@@ -50,8 +50,10 @@ def find_images(folder, recursive=True):
 
 
 def default_workers():
-    """Decoding threads: 2, or 4 on machines with 8+ cores (decoding is cheap next to a model)."""
-    return 4 if (os.cpu_count() or 1) >= 8 else 2
+    """Decoding threads: 2, or 4 where the process may use 8+ cores (decoding is cheap next to
+    a model)."""
+    from .kernels.workers import default_threads
+    return 4 if default_threads() >= 8 else 2
 
 
 _ITEM = object()
