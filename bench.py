@@ -865,9 +865,15 @@ def environment():
     import platform
 
     cpu, isa = cpu_info()
-    env = dict(cpu=cpu, isa=isa, logical_cpus=os.cpu_count(),
-               usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count(), python=platform.python_version())
+    try:                                  # a container's CPU quota (tinymvit's threads obey it)
+        from tinymvit.kernels.workers import cgroup_cpu_limit
+        quota = cgroup_cpu_limit()
+    except ImportError:
+        quota = None
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    usable = min(v for v in (affinity, os.cpu_count() or 1, quota) if v)
+    env = dict(cpu=cpu, isa=isa, logical_cpus=os.cpu_count(), usable_cpus=usable,
+               cpu_quota=quota, python=platform.python_version())
     for pkg in ("tinymvit", "numpy", "numba", "onnxruntime", "torch", "transformers"):
         try:
             env[pkg] = importlib.metadata.version(pkg)
@@ -886,7 +892,9 @@ def environment():
 
 
 def print_header(env, args, log):
-    log(f"CPU: {env['cpu']}  ({env['logical_cpus']} logical CPUs, {env['usable_cpus']} usable)")
+    quota = f", a CPU quota of {env['cpu_quota']}" if env.get("cpu_quota") else ""
+    log(f"CPU: {env['cpu']}  ({env['logical_cpus']} logical CPUs, {env['usable_cpus']} usable"
+        f"{quota})")
     log(f"vector extensions: {' '.join(env['isa']) or 'none found'}")
     versions = ", ".join(f"{k} {env[k]}" for k in ("tinymvit", "numpy", "numba", "onnxruntime",
                                                    "torch", "transformers") if env[k])
