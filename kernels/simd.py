@@ -722,8 +722,8 @@ def gemm_tile_out(typingctx, a, a_base, lda, rows, w, w_base, kn, b_base, ncols,
             holds ``rows`` (the last rows of a product whose height is not a multiple of
             MR: 49 pixels of a 7x7 map, a 28-pixel image row); a narrow one MR rows.  The
             full tile, by far the most common, is the first branch."""
-            if nv == 1 or len(heights) == 1:
-                tile(nv, heights[-1] if nv > 1 else MR)
+            if nv == 1 or len(heights) == 1:      # (heights[-1]: MR, or the lowest left)
+                tile(nv, heights[-1])
                 return
             more = builder.icmp_signed(">", rows, ir.Constant(rows.type, heights[-2]))
             with builder.if_else(more, likely=True) as (tall, low):
