@@ -865,13 +865,13 @@ def environment():
     import platform
 
     cpu, isa = cpu_info()
-    try:                                  # a container's CPU quota (tinymvit's threads obey it)
-        from tinymvit.kernels.workers import cgroup_cpu_limit
-        quota = cgroup_cpu_limit()
+    try:                 # the cores tinymvit's threads use (affinity, a container's CPU quota)
+        from tinymvit.kernels.workers import cgroup_cpu_limit, default_threads
+        quota, usable = cgroup_cpu_limit(), default_threads()
     except ImportError:
         quota = None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    usable = min(v for v in (affinity, os.cpu_count() or 1, quota) if v)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count()
     env = dict(cpu=cpu, isa=isa, logical_cpus=os.cpu_count(), usable_cpus=usable,
                cpu_quota=quota, python=platform.python_version())
     for pkg in ("tinymvit", "numpy", "numba", "onnxruntime", "torch", "transformers"):
