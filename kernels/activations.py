@@ -162,14 +162,14 @@ def activation_op(x_off, count, act, threads=1):
 def activation(x, act, threads=None):
     """Apply ``act`` to the C-contiguous float32 array ``x`` in place; returns ``x``."""
     from .program import Arena, run_ops
-    from .workers import default_threads
+    from .workers import resolve_threads
 
     check_array(x, "x")
     check(act in _CODES, f"unknown activation code {act}")
     if act != ACT_NONE and x.size:
         A = Arena()
         xo = A.add(x)
-        threads = threads or default_threads()
+        threads = resolve_threads(threads)
         arena = run_ops([activation_op(xo, x.size, act, threads)], A.build(), Arena().build(),
                         threads)
         x[...] = arena[xo:xo + x.size].reshape(x.shape)

@@ -39,7 +39,7 @@ from .pointwise import (act_reference_f64, add_tile, bias_act_channels, check_ac
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (MR, NR, TAP_ROWS, TILE, VEC, copy_floats, gemm_taps_out, gemm_tile,
                    interleave3, stack_buffer_i64, tile_buffer, zero_floats)
-from .workers import default_threads
+from .workers import resolve_threads
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -394,7 +394,7 @@ def conv2d(x, wp, bias, stride, dilation, pad_top, pad_left, act, out, threads=N
     A, W = Arena(), Arena()
     xo, oo = A.add(x), A.add(size=out.size)
     wo, bo = W.add(wp.panels), W.add(bias)
-    threads = threads or default_threads()
+    threads = resolve_threads(threads)
     arena = run_ops([conv_op(xo, x.shape, oo, out.shape, wp, wo, bo, stride, dilation, pad_top,
                              pad_left, act, threads)], A.build(), W.build(), threads)
     out[...] = arena[oo:oo + out.size].reshape(out.shape)

@@ -46,7 +46,7 @@ from .pointwise import (PointwiseWeight, act_reference_f64, check_activation, ge
 from .policy import arenas, check, check_array, helper, job, scratch
 from .simd import (DW_PIX, NR, VEC, copy_floats, dw_pixel, dw_pixel_n, dw_tile, dw_tile_n,
                    stack_buffer_i64, zero_floats)
-from .workers import default_threads
+from .workers import resolve_threads
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -325,7 +325,7 @@ def fused_separable(x, expand, dw, reduce, stride, dilation, pad_top, pad_left, 
     check_array(out, "out", 4)
     if out.size == 0:
         return out
-    threads = threads or default_threads()
+    threads = resolve_threads(threads)
     A, W = Arena(), Arena()
     xo, oo = A.add(x), A.add(size=out.size)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .policy import arenas, check, check_array, helper, job
 from .simd import VEC, vadd, vfma, vload, vload_n, vmul, vsplat, vstore, vstore_n, vsub, vsum
-from .workers import default_threads
+from .workers import resolve_threads
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -253,7 +253,7 @@ def _run_norm(group, x, gamma, beta, eps, out, min_ndim, threads):
     check(gamma.shape == (c,) and beta.shape == (c,), "gamma/beta must have shape (C,)")
     if x.size == 0:
         return out
-    threads = default_threads() if threads is None else threads
+    threads = resolve_threads(threads)
     A, W = Arena(), Arena()
     xo = A.add(x)
     oo = xo if np.shares_memory(x, out) else A.add(size=x.size)      # in place, as asked

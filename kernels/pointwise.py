@@ -33,7 +33,7 @@ from .activations import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_SILU, vact
 from .policy import arenas, check, check_array, helper, job
 from .simd import (MR, NR, NV, TILE_HEIGHTS, VEC, gemm_tile_out, gemv_tile_out, vadd, vload,
                    vload_n, vstore, vstore_n)
-from .workers import default_threads
+from .workers import resolve_threads
 
 
 # ---------------------------------------------------------------- the reference (NumPy)
@@ -340,7 +340,7 @@ def pointwise_conv(x, wp, bias, act, out, residual=None, threads=None):
     xo, oo = A.add(x), A.add(out)
     ro = None if residual is None else oo if residual is out else A.add(residual)
     wo, bo = W.add(wp.panels), W.add(bias)
-    threads = threads or default_threads()
+    threads = resolve_threads(threads)
     arena = run_ops([gemm_op(xo, m, k, wo, bo, n, act, oo, ro, threads)], A.build(), W.build(),
                     threads)
     out[...] = arena[oo:oo + out.size].reshape(out.shape)

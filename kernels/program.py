@@ -41,8 +41,8 @@ from .policy import (CACHE_DIR, OP_FIELDS, SCRATCH, check, claim, compile_all, e
 from .pooling import pool_job
 from .resize import resize_job
 from .workers import (ANSWERED, ARGS, DOOR, POOL, TASK, WAITING, address_of, atomic_cas,
-                      atomic_load, atomic_store, default_threads, float32_pointer,
-                      int64_pointer, job_done, next_job, settle, wait_done, wait_for_call)
+                      atomic_load, atomic_store, float32_pointer, int64_pointer, job_done,
+                      next_job, resolve_threads, settle, wait_done, wait_for_call)
 
 FIELDS = OP_FIELDS     # int64 fields per op row: [op code, jobs, the op's own fields...]
 ALIGN = 16             # arena offsets are multiples of 16 floats (64 bytes: a cache line)
@@ -353,7 +353,7 @@ def bind_ops(ops, A, W, threads=None):
     """Plan a list of Ops on arena arrays A and W once: returns (A, run), ``run()`` running
     them (A grows by the ops' scratch space).  ``threads`` defaults to every core the
     process may use.  The standalone kernels (and benchmarks) use this."""
-    threads = threads or default_threads()
+    threads = resolve_threads(threads)
     size = A.size
     for op in ops:
         op.scratch_off = size

@@ -43,6 +43,7 @@ own thread instead of waiting (calls never block each other).
 """
 import functools
 import math
+import numbers
 import os
 import queue
 import threading
@@ -50,7 +51,7 @@ import threading
 import numpy as np
 
 from .lazy import LazyModule, intrinsic
-from .policy import helper
+from .policy import check, helper
 
 ir = LazyModule("llvmlite.ir")                 # Numba and LLVM are only needed to compile
 types = LazyModule("numba.core.types")
@@ -291,6 +292,16 @@ def default_threads():
         cpus = os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(cpus, limit) if limit else cpus)
+
+
+def resolve_threads(threads):
+    """The threads a standalone kernel call runs on: ``None`` -> :func:`default_threads`,
+    else a positive int (anything else is refused)."""
+    if threads is None:
+        return default_threads()
+    check(isinstance(threads, numbers.Integral) and not isinstance(threads, bool)
+          and threads >= 1, f"threads must be a positive int or None, got {threads!r}")
+    return int(threads)
 
 
 @functools.lru_cache(maxsize=None)

@@ -106,6 +106,23 @@ def test_group_norm_parts():
     assert group_norm_parts((3, 10, 8), 7) == (3, 4)
 
 
+@pytest.mark.parametrize("threads", [0, -2, 2.5, True, "2"])
+def test_standalone_kernels_refuse_bad_thread_counts(threads):
+    from tinymvit.kernels.activations import ACT_RELU, activation
+    from tinymvit.kernels.pointwise import pointwise_conv, prepare_pointwise_weight
+    x = np.ones((1, 4, 8, 3), np.float32)
+    g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(KernelArgumentError, match="threads must be a positive int"):
+        group_norm1(x, g, b, 1e-5, np.empty_like(x), threads=threads)
+    with pytest.raises(KernelArgumentError, match="threads must be a positive int"):
+        activation(x.copy(), ACT_RELU, threads=threads)
+    with pytest.raises(KernelArgumentError, match="threads must be a positive int"):
+        pointwise_conv(x, prepare_pointwise_weight(np.ones((2, 3), np.float32)),
+                       np.zeros(2, np.float32), ACT_RELU, np.empty((1, 4, 8, 2), np.float32),
+                       threads=threads)
+    group_norm1(x, g, b, 1e-5, np.empty_like(x), threads=np.int64(2))   # NumPy ints do
+
+
 LN_CASES = [
     ((5, 7), 1e-5, 1.0, 0.0),
     ((3, 16, 144), 1e-5, 2.0, 5.0),
