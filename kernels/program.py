@@ -206,6 +206,14 @@ def cached_kernels():
     return {name for name, fn in _functions(JOBS) if native.is_cached(CACHE_DIR, fn.key)}
 
 
+def kernels_ready(kinds):
+    """Whether the executor and the jobs of ``kinds`` can run without compiling anything:
+    each loaded in this process already or its machine code in the cache."""
+    from . import native
+    return all(fn._address is not None or native.is_cached(CACHE_DIR, fn.key)
+               for _, fn in _functions(kinds))
+
+
 def kernel_status():
     """{name: 'compiled' (in this process), 'cached' (loaded from the cache) or 'unused'}
     for the executor (and the other C functions of :func:`_calls`) and every job function."""

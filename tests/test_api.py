@@ -205,3 +205,71 @@ def test_arenas_start_on_a_cache_line(v1):
     plans = [p for ps in v1.graph._pool.values() for p in ps]
     assert plans and all(p.arena.ctypes.data % 64 == 0 for p in plans)
     assert v1.graph.weights.ctypes.data % 64 == 0
+
+
+# -- warm-up: the first call as fast as the next ---------------------------------------------
+@pytest.fixture(scope="module")
+def v2_folder(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("v2"), "mobilevitv2", num_labels=5,
+                             width_multiplier=0.5, image_size=64)
+
+
+def _planned(model):
+    """The input shapes the model's graph holds a ready plan for (each with the default
+    outputs and the model's thread count)."""
+    kept = tuple(model.graph._kept(False))
+    return sorted(key[0] for key, plans in model.graph._pool.items()
+                  if plans and key[1:] == (kept, model._threads()))
+
+
+def test_load_plans_one_image_when_the_kernels_are_cached(v2_folder):
+    first = tinymvit.load(v2_folder)                  # compiles (or loads) its kernels
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    want = first(x).logits
+    m = tinymvit.load(v2_folder)
+    assert m.processor.output_size() == (64, 64)
+    assert _planned(m) == [(1, 3, 64, 64)]            # ready before its first call...
+    np.testing.assert_array_equal(m(x).logits, want)
+    assert _planned(m) == [(1, 3, 64, 64)]            # ...which used that plan
+    assert tinymvit.load(v2_folder, backend="numpy").graph._pool == {}
+
+
+def test_warm_up_plans_the_shapes_asked_for(v2_folder):
+    m = tinymvit.load(v2_folder)
+    assert m.warm_up(batch_size=3) is m
+    assert m.warm_up(size=(48, 40)).warm_up(batch_size=2, size=56) is m
+    assert _planned(m) == [(1, 3, 48, 40), (1, 3, 64, 64), (2, 3, 56, 56), (3, 3, 64, 64)]
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    got = m(x).logits
+    for i in range(3):
+        np.testing.assert_allclose(got[i:i + 1], m(x[i:i + 1]).logits, rtol=1e-5, atol=1e-6)
+    m.warm_up(batch_size=3)                           # already there: nothing new
+    assert len(_planned(m)) == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be a positive int"),
+    (dict(size="big"), "size must be a positive int or a (height, width) pair"),
+    (dict(size=(0, 64)), "size must be a positive int or a (height, width) pair"),
+    (dict(size=(64, 64, 3)), "size must be a positive int or a (height, width) pair"),
+    (dict(size=8), "input 8x8 is too small"),
+])
+def test_warm_up_refuses_bad_arguments(v2_folder, kwargs, message):
+    m = tinymvit.load(v2_folder)
+    with pytest.raises(tinymvit.InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        m.warm_up(**kwargs)
+    assert _planned(m) == [(1, 3, 64, 64)]
+
+
+def test_segmentation_models_are_not_planned_at_load(tmp_path):
+    folder = random_checkpoint(tmp_path / "seg", "mobilevitv2", task="segmentation",
+                               num_labels=4, width_multiplier=0.5, image_size=64)
+    m = tinymvit.load(folder)
+    assert m.graph._pool == {}                        # segment() sizes inputs per image
+    m.warm_up(size=(64, 96))
+    assert _planned(m) == [(1, 3, 64, 96)]
+
+
+def test_numpy_backend_warm_up_does_nothing(v2_folder):
+    m = tinymvit.load(v2_folder, backend="numpy")
+    assert m.warm_up(batch_size=2) is m and m.graph._pool == {}

@@ -243,3 +243,22 @@ def test_tinymvit_compile_writes_kernels_and_bytecode(tmp_path):
             "print(sorted(set(program.kernel_status().values())))\n")
     out, err = _run(code, env, pythonpath=package.parent)
     assert out == ["['cached', 'unused']"] and err == []
+
+
+def test_load_never_compiles(tmp_path):
+    """load() readies a classifier for its first call only from the kernel cache: with an
+    empty cache it compiles nothing (and says nothing); the first call does, saying so."""
+    from fake_checkpoints import random_checkpoint
+    model = random_checkpoint(tmp_path / "m", "mobilenet_v2", depth_multiplier=0.35,
+                              num_labels=3, image_size=64)
+    code = ("import sys, tinymvit\n"
+            f"m = tinymvit.load({str(model)!r})\n"
+            "from tinymvit.kernels import program\n"
+            "print(sorted(set(program.kernel_status().values())), len(m.graph._pool))\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUMBA_CACHE") and k != "PYTHONPATH"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[0] == "['unused'] 0" and res.stderr == ""

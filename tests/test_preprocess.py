@@ -388,3 +388,17 @@ def test_pil_images_are_recognised_without_importing_pillow(monkeypatch):
     assert not is_pil_image(np.zeros((3, 2, 3), np.uint8))
     monkeypatch.delitem(sys.modules, "PIL.Image")
     assert not is_pil_image(object())
+
+
+@pytest.mark.parametrize("config, want", [
+    (None, (224, 224)),                                                   # hub convention
+    ({"size": {"shortest_edge": 256}, "crop_size": {"height": 200, "width": 180}}, (200, 180)),
+    ({"do_center_crop": False, "size": {"height": 120, "width": 160}}, (120, 160)),
+    ({"do_center_crop": False, "size": {"shortest_edge": 256}}, None),   # keeps aspect ratio
+    ({"do_center_crop": False, "do_resize": False}, None),
+])
+def test_output_size_is_known_only_where_fixed(config, want, shared_images):
+    proc = ImageProcessor.from_config(config, "mobilevit", 224)
+    assert proc.output_size() == want
+    if want is not None:                      # what preprocess() really makes
+        assert proc(shared_images[0]).shape[2:] == want

@@ -172,6 +172,50 @@ class Model:
                                  f"{exc}); the input or the checkpoint's weights are out of "
                                  f"range") from None
 
+    def warm_up(self, batch_size=1, size=None):
+        """Make the first forward pass on ``batch_size`` images of ``size`` as fast as the
+        ones after it: compile the kernels it needs (or load them from the cache) and plan
+        its buffers now -- e.g. when a server starts, before its first request.  ``size``:
+        (height, width), or one int for a square (default: what :meth:`preprocess` makes).
+        :func:`tinymvit.load` does this for one image already, when the kernels are in the
+        cache.  The plans of the 4 input shapes used last are kept (``Graph.MAX_CACHED_SHAPES``).
+        Returns the model.  Nothing to do with the "numpy" backend."""
+        _check_batch_size(batch_size)
+        if size is None:
+            size = self.processor.output_size()
+            if size is None:
+                raise InputError("this model's image processor keeps each image's aspect "
+                                 "ratio: give warm_up() a size=(height, width)")
+        elif isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                           for v in size)):
+            raise InputError(f"size must be a positive int or a (height, width) pair of "
+                             f"them, got {size!r}")
+        if self._backend == "numba":
+            self._prepare((batch_size, self.config.num_channels) + tuple(size), compile=True)
+        return self
+
+    def _prepare(self, shape, compile):
+        self._check_input_shape(shape)
+        try:
+            return self.graph.prepare(shape, self._threads(), compile=compile)
+        except InputTooSmall as exc:
+            raise InputError(self._too_small_message(shape, exc)) from None
+
+    def _warm_up_from_cache(self):
+        """load()'s share of :meth:`warm_up`: one image at the processor's size, only if its
+        kernels are all in the cache (a first-ever run compiles at its first call, which says
+        so), and not for segmentation (segment() sizes each input after its image)."""
+        size = self.processor.output_size()
+        if self._backend != "numba" or self.task == "segmentation" or size is None:
+            return
+        try:
+            self._prepare((1, self.config.num_channels) + tuple(size), compile=False)
+        except InputError:
+            pass                              # the first call says what is wrong with it
+
     def summary(self, size=None, time=False, repeats=5):
         """A layer-by-layer table of the network for one image (:mod:`tinymvit.summary`).
 
@@ -445,9 +489,16 @@ def load(path, num_threads=None, *, backend="numba", revision=None, token=None,
     ``org/name[@revision]`` (needs ``tinymvit[hub]``; see :mod:`tinymvit.hub`) into a
     :class:`Model`.  A local path always wins over a repo id; from the Hub a pickled
     ``pytorch_model.bin`` is fetched only with ``allow_pickle=True``.  ``backend``: the
-    model's default, "numba" (compiled kernels) or "numpy" (the NumPy references)."""
-    return Model(open_checkpoint(path, revision=revision, token=token, allow_pickle=allow_pickle),
-                 num_threads=num_threads, backend=backend)
+    model's default, "numba" (compiled kernels) or "numpy" (the NumPy references).
+
+    A classifier whose kernels are in the cache comes back ready for one image at its image
+    processor's size (see :meth:`Model.warm_up`): its first call costs what the next ones do.
+    """
+    model = Model(open_checkpoint(path, revision=revision, token=token,
+                                  allow_pickle=allow_pickle),
+                  num_threads=num_threads, backend=backend)
+    model._warm_up_from_cache()
+    return model
 
 
 def convert(src, dst, *, allow_pickle=False):

@@ -269,6 +269,16 @@ class ImageProcessor:
                 f"bgr={self.do_flip_effective})")
 
     # ------------------------------------------------------------------ pieces
+    def output_size(self):
+        """(height, width) of every image :meth:`preprocess` makes, where that does not
+        depend on the image (a center crop, or a resize to a fixed height and width);
+        None otherwise."""
+        if self.do_center_crop:
+            return self.crop_size["height"], self.crop_size["width"]
+        if self.do_resize and "height" in self.size:
+            return self.size["height"], self.size["width"]
+        return None
+
     def resize_size(self, height, width):
         """(new_h, new_w) the resize step gives an image of (height, width) pixels."""
         s = self.size
