@@ -7,8 +7,9 @@
 The forward pass (``model(pixel_values)``) is timed on a random input of the size the model
 sees in use: the processor's crop size for classification (e.g. 224x224), the input
 ``segment()`` makes of a square photo for segmentation (e.g. 513x513); ``size=N`` for another.
-The first call is timed on its own (in a fresh process it loads the cached Numba kernels, or
-compiles them on the very first run, and plans the buffers); after two warm-up calls, calls run
+The first call is timed on its own (in a fresh process it plans the buffers and loads the cached
+Numba kernels, unless ``tinymvit.load`` did that already -- it does for a classifier's usual
+input -- or compiles them on the very first run); after two warm-up calls, calls run
 back to back for ``seconds`` (at least ``min_calls``) and the median is reported, with the
 10th/90th percentiles.  Decoding and preprocessing are not included.  Peak memory is the
 process's peak resident set size (``VmHWM`` from ``/proc/self/status``, else

@@ -715,8 +715,8 @@ def cmd_bench(args, out):
         f"  input        {'x'.join(map(str, result['input_shape']))}, "
         f"{result['threads']} thread{'s' if result['threads'] > 1 else ''}",
         f"  load         {load_seconds:.2f} s",
-        f"  first call   {result['first_call_seconds']:.2f} s (loading the cached kernels, or "
-        f"compiling them on the very first run, and planning buffers)",
+        f"  first call   {result['first_call_seconds']:.2f} s (planning buffers and loading the "
+        f"cached kernels, where load did not; compiling them on the very first run)",
         f"  latency      {latency['median']:.1f} ms median of {result['calls']} calls "
         f"(p10 {latency['p10']:.1f}, p90 {latency['p90']:.1f})",
         f"  throughput   {result['images_per_second']:.1f} images/s",
