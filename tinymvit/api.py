@@ -194,13 +194,13 @@ class Model:
             raise InputError(f"size must be a positive int or a (height, width) pair of "
                              f"them, got {size!r}")
         if self._backend == "numba":
-            self._prepare((batch_size, self.config.num_channels) + tuple(size), compile=True)
+            self._prepare((batch_size, self.config.num_channels) + tuple(size), True)
         return self
 
-    def _prepare(self, shape, compile):
+    def _prepare(self, shape, may_compile):
         self._check_input_shape(shape)
         try:
-            return self.graph.prepare(shape, self._threads(), compile=compile)
+            return self.graph.prepare(shape, self._threads(), may_compile)
         except InputTooSmall as exc:
             raise InputError(self._too_small_message(shape, exc)) from None
 
@@ -212,7 +212,7 @@ class Model:
         if self._backend != "numba" or self.task == "segmentation" or size is None:
             return
         try:
-            self._prepare((1, self.config.num_channels) + tuple(size), compile=False)
+            self._prepare((1, self.config.num_channels) + tuple(size), False)
         except InputError:
             pass                              # the first call says what is wrong with it
 

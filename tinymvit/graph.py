@@ -586,15 +586,15 @@ class MultiHeadAttention(Node):
 # Graph, plan and runner
 # ----------------------------------------------------------------------------------------
 class KernelsNotCached(Exception):
-    """A plan made with ``compile=False`` needs kernels that are not in the cache yet."""
+    """A plan made with ``may_compile=False`` needs kernels that are not in the cache yet."""
 
 
 class Plan:
     """Everything fixed for one input shape and thread count: each tensor's place in the
     activation arena ``A``, and the program of kernel ops (with the rare NumPy steps).
-    ``compile=False``: raise KernelsNotCached rather than compile a kernel."""
+    ``may_compile=False``: raise KernelsNotCached rather than compile a kernel."""
 
-    def __init__(self, graph, input_shape, keep, threads, compile=True):
+    def __init__(self, graph, input_shape, keep, threads, may_compile=True):
         self.threads = threads
         shapes, args = graph.infer(input_shape)
         # Liveness: a tensor's place is free again after its last reader ran.
@@ -643,8 +643,8 @@ class Plan:
             for name in dead - keep - {graph.input}:
                 free.append(owner[name])
         self.program = program.table(ops)
-        if not (compile or program.kernels_ready({op.kind for op in ops}
-                                                 | set(graph.post_kernels))):
+        if not (may_compile or program.kernels_ready({op.kind for op in ops}
+                                                     | set(graph.post_kernels))):
             raise KernelsNotCached()
         self.jobs = program.job_addresses(ops, graph.post_kernels)
         self.steps = _merged([s for _, steps in self.node_steps for s in steps])
@@ -743,10 +743,10 @@ class Graph:
                 return key, free.pop()
         return key, Plan(self, shape, kept, threads)
 
-    def prepare(self, input_shape, threads, compile=True):
+    def prepare(self, input_shape, threads, may_compile=True):
         """Plan ``input_shape`` (N, C, H, W) for ``threads`` now and load its kernels, as a
         first call would, and keep the plan for that call (its buffers stay untouched until
-        then).  ``compile=False``: only if every kernel it needs is in the cache already;
+        then).  ``may_compile=False``: only if every kernel it needs is in the cache already;
         returns whether the plan was made.  Raises InputTooSmall."""
         kept = self._kept(False)
         key = (tuple(input_shape), tuple(kept), threads)
@@ -754,7 +754,7 @@ class Graph:
             if self._pool.get(key):
                 return True
         try:
-            plan = Plan(self, input_shape, kept, threads, compile)
+            plan = Plan(self, input_shape, kept, threads, may_compile)
         except KernelsNotCached:
             return False
         self._release(key, plan)
