@@ -273,3 +273,15 @@ def test_segmentation_models_are_not_planned_at_load(tmp_path):
 def test_numpy_backend_warm_up_does_nothing(v2_folder):
     m = tinymvit.load(v2_folder, backend="numpy")
     assert m.warm_up(batch_size=2) is m and m.graph._pool == {}
+
+
+def test_warm_up_needs_a_size_where_the_processor_keeps_aspect_ratios(tmp_path):
+    folder = random_checkpoint(tmp_path / "m", "mobilevitv2", num_labels=5, width_multiplier=0.5,
+                               image_size=64, preprocessor={"do_center_crop": False,
+                                                            "size": {"shortest_edge": 64}})
+    m = tinymvit.load(folder)
+    assert m.processor.output_size() is None and m.graph._pool == {}
+    with pytest.raises(tinymvit.InputError, match=r"give warm_up\(\) a size=\(height, width\)"):
+        m.warm_up()
+    m.warm_up(size=64)
+    assert _planned(m) == [(1, 3, 64, 64)]
