@@ -715,9 +715,18 @@ class Graph:
         release_freed_memory()
         self._pool, self._lock = collections.OrderedDict(), threading.Lock()
 
-    def _kept(self, with_hidden):
+    def _kept(self, with_hidden, keep=()):
+        """The tensors a call returns, each once: the outputs, the hidden states if asked
+        for, and ``keep``."""
         names = [v for k, v in self.outputs.items() if k != "hidden_states" and v]
-        return names + (list(self.outputs["hidden_states"]) if with_hidden else [])
+        hidden = list(self.outputs["hidden_states"]) if with_hidden else []
+        return list(dict.fromkeys(names + hidden + list(keep)))
+
+    @staticmethod
+    def _key(shape, kept, threads):
+        """The pool's key of the plans for one input shape, set of returned tensors and
+        thread count."""
+        return tuple(shape), tuple(kept), threads
 
     def infer(self, input_shape):
         """({tensor: shape}, [static args per node]) for ``input_shape`` (N, C, H, W).
@@ -736,7 +745,7 @@ class Graph:
         return self.infer(input_shape)[0]
 
     def _acquire(self, shape, kept, threads):
-        key = (tuple(shape), tuple(kept), threads)
+        key = self._key(shape, kept, threads)
         with self._lock:
             free = self._pool.setdefault(key, [])
             if free:
@@ -749,7 +758,7 @@ class Graph:
         then).  ``may_compile=False``: only if every kernel it needs is in the cache already;
         returns whether the plan was made.  Raises InputTooSmall."""
         kept = self._kept(False)
-        key = (tuple(input_shape), tuple(kept), threads)
+        key = self._key(input_shape, kept, threads)
         with self._lock:
             if self._pool.get(key):
                 return True
@@ -779,7 +788,7 @@ class Graph:
         come back as contiguous (N, C, H, W) arrays instead, transposed as they are copied
         out (one pass over them, not two).
         """
-        kept = list(dict.fromkeys(self._kept(with_hidden) + list(keep)))
+        kept = self._kept(with_hidden, keep)
         if backend == "numpy":
             if not np.isfinite(x).all():
                 raise NonFiniteInput()
