@@ -249,9 +249,10 @@ def test_warm_up_plans_the_shapes_asked_for(v2_folder):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(batch_size=0), "batch_size must be a positive int"),
-    (dict(size="big"), "size must be a positive int or a (height, width) pair"),
-    (dict(size=(0, 64)), "size must be a positive int or a (height, width) pair"),
-    (dict(size=(64, 64, 3)), "size must be a positive int or a (height, width) pair"),
+    (dict(size="big"), "size must be an integer or a (height, width) pair of integers"),
+    (dict(size=(0, 64)), "size must be an integer or a (height, width) pair of integers"),
+    (dict(size=(64, 64, 3)), "size must be an integer or a (height, width) pair of integers"),
+    (dict(size=(64, 10**6)), "pair of integers from 1 to 8192"),
     (dict(size=8), "input 8x8 is too small"),
 ])
 def test_warm_up_refuses_bad_arguments(v2_folder, kwargs, message):

@@ -186,15 +186,10 @@ class Model:
             if size is None:
                 raise InputError("this model's image processor keeps each image's aspect "
                                  "ratio: give warm_up() a size=(height, width)")
-        elif isinstance(size, int) and not isinstance(size, bool):
-            size = (size, size)
-        if (not isinstance(size, (tuple, list)) or len(size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                           for v in size)):
-            raise InputError(f"size must be a positive int or a (height, width) pair of "
-                             f"them, got {size!r}")
+        else:
+            size = _check_size(size)
         if self._backend == "numba":
-            self._prepare((batch_size, self.config.num_channels) + tuple(size), True)
+            self._prepare((batch_size, self.config.num_channels) + size, True)
         return self
 
     def _prepare(self, shape, may_compile):
@@ -232,13 +227,7 @@ class Model:
         if size is None:
             shape = input_shape(self)
         else:
-            side = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
-            if not (isinstance(side, (tuple, list)) and len(side) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limits.MAX_SIDE
-                    for v in side)):
-                raise InputError(f"size must be an integer or a (height, width) pair of integers "
-                                 f"from 1 to {limits.MAX_SIDE}, got {size!r}")
-            shape = (1, self.config.num_channels, *side)
+            shape = (1, self.config.num_channels, *_check_size(size))
         self._check_input_shape(shape)                      # too small, or too large
         timings = None
         if time:
@@ -542,6 +531,18 @@ def _check_positive(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _check_size(size):
+    """(height, width) of an input ``size``: one int (a square) or a pair of ints, each from 1
+    to limits.MAX_SIDE (summary(), warm_up())."""
+    side = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    if not (isinstance(side, (tuple, list)) and len(side) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limits.MAX_SIDE
+            for v in side)):
+        raise InputError(f"size must be an integer or a (height, width) pair of integers "
+                         f"from 1 to {limits.MAX_SIDE}, got {size!r}")
+    return tuple(side)
 
 
 def _check_batch_size(batch_size):
